@@ -1,0 +1,39 @@
+"""``python -m processors KIND``: run one processor until SIGTERM/SIGINT, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from processors import hardware
+from processors.kinds import load_spec
+from processors.runtime import Worker
+from streams.settings import Settings
+
+
+async def run(kind: str, settings: Settings) -> None:
+    spec = load_spec(kind)
+    tiers = hardware.serving_tiers(settings.tier_list, hardware.detect())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Worker(spec, settings, tiers).serve(stop)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m processors KIND", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format=f"%(asctime)s {argv[0]} %(levelname)s %(message)s"
+    )
+    asyncio.run(run(argv[0], settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""Morgan's messages and subject names. Pure: stdlib only, no I/O, no NATS.
+
+Every message is a frozen dataclass with a ``TYPE``; one codec (``schemas.codec``)
+turns any of them into NATS headers plus a body and back.
+"""
+
+from schemas.codec import MessageError, decode, encode
+from schemas.control import Cancel, SessionEnd
+from schemas.errors import BadInput, Handoff, MorganError, Unavailable
+from schemas.events import (
+    ErrorEvent,
+    ReplyCancelled,
+    ReplyDelta,
+    ReplyDone,
+    SpeechStarted,
+    SpeechStopped,
+    Transcript,
+)
+from schemas.message import Message, all_message_types
+from schemas.subjects import Subjects
+from schemas.work import AudioChunk, AudioFrame, LlmRequest, SessionClaim, TtsRequest, Utterance
+
+__all__ = [
+    "BadInput",
+    "Handoff",
+    "MorganError",
+    "Unavailable",
+    "AudioChunk",
+    "AudioFrame",
+    "Cancel",
+    "ErrorEvent",
+    "LlmRequest",
+    "Message",
+    "MessageError",
+    "ReplyCancelled",
+    "ReplyDelta",
+    "ReplyDone",
+    "SessionClaim",
+    "SessionEnd",
+    "SpeechStarted",
+    "SpeechStopped",
+    "Subjects",
+    "Transcript",
+    "TtsRequest",
+    "Utterance",
+    "all_message_types",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,36 @@
+"""Morgan's errors. Each one says whether trying again can help.
+
+    MorganError(message, *, retryable)      base; ``retryable`` has no default
+    ├── MessageError                        malformed bytes/fields: never retryable
+    ├── BadInput                            a well-formed request we refuse: never retryable
+    ├── Unavailable                         a dependency is down or busy: retryable
+    └── Handoff                             release the work to another worker now: retryable
+
+The processor runtime alone maps ``retryable`` to nak-with-backoff or term.
+"""
+
+from __future__ import annotations
+
+
+class MorganError(Exception):
+    def __init__(self, message: str, *, retryable: bool, code: str = "internal") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+
+
+class BadInput(MorganError):
+    def __init__(self, message: str, *, code: str = "bad_input") -> None:
+        super().__init__(message, retryable=False, code=code)
+
+
+class Unavailable(MorganError):
+    def __init__(self, message: str, *, code: str = "unavailable") -> None:
+        super().__init__(message, retryable=True, code=code)
+
+
+class Handoff(MorganError):
+    """Not a failure: this worker is stopping and another should carry on at once."""
+
+    def __init__(self, message: str = "worker stopping") -> None:
+        super().__init__(message, retryable=True, code="handoff")

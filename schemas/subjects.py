@@ -1,0 +1,53 @@
+"""Every subject name, built in one place. See docs/design.md for the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("vad", "stt", "llm", "tts")
+TIERS = ("gpu", "cpu")
+TIERED_KINDS = ("stt", "tts")
+
+
+def check_token(value: str, what: str) -> str:
+    """A subject token: non-empty, no dots, spaces or wildcards."""
+    if not value or any(c in value for c in ". *>\t\r\n"):
+        raise ValueError(f"bad {what} {value!r}: must be one subject token")
+    return value
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = "morgan"
+
+    def audio_in(self, sid: str) -> str:
+        return f"{self.prefix}.audio.in.{check_token(sid, 'session id')}"
+
+    def audio_out(self, sid: str) -> str:
+        return f"{self.prefix}.audio.out.{check_token(sid, 'session id')}"
+
+    def events(self, sid: str, event_type: str = ">") -> str:
+        return f"{self.prefix}.events.{check_token(sid, 'session id')}.{event_type}"
+
+    def control(self, sid: str = "*") -> str:
+        return f"{self.prefix}.control.{sid}"
+
+    def work(self, kind: str, tier: str | None = None) -> str:
+        if kind in TIERED_KINDS:
+            if tier not in TIERS:
+                raise ValueError(f"{kind} work needs a tier in {TIERS}, not {tier!r}")
+            return f"{self.prefix}.work.{kind}.{tier}"
+        return f"{self.prefix}.work.{kind}"
+
+    # stream-wide filters
+    @property
+    def all_audio(self) -> str:
+        return f"{self.prefix}.audio.>"
+
+    @property
+    def all_work(self) -> str:
+        return f"{self.prefix}.work.>"
+
+    @property
+    def all_events(self) -> str:
+        return f"{self.prefix}.events.>"

