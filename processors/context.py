@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -16,6 +16,10 @@ from streams import bus
 from streams.settings import Settings
 
 _REMEMBERED = 4096
+
+
+class Router(Protocol):
+    async def tier_for(self, kind: str) -> str: ...
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Context:
     """The JetStream message being handled (None in direct calls)."""
     trace: dict[str, str] = field(default_factory=dict)
     """Headers to carry on (``traceparent``): one trace per turn across hosts."""
+    router: Router | None = None
+    """Chooses gpu or cpu tiers (processors.routing); None sends everything to cpu."""
 
     @property
     def subjects(self) -> Subjects:
@@ -81,6 +87,10 @@ class Context:
     async def control(self, msg: Message) -> None:
         sid = getattr(msg, "sid")  # noqa: B009
         await bus.publish_core(self.nc, self.subjects.control(sid), msg, headers=self.trace)
+
+    async def tier_for(self, kind: str) -> str:
+        """The tier to send ``kind`` work to now: gpu while a live gpu worker keeps up."""
+        return "cpu" if self.router is None else await self.router.tier_for(kind)
 
     async def in_progress(self) -> None:
         if self.raw is not None:

@@ -30,6 +30,8 @@ class AudioFrame(Message):
     sid: str
     seq: int
     """Frame number in the session, from 1."""
+    offset: int = 0
+    """Samples in the session before this frame's first sample."""
     pcm: bytes = b""
     """Signed 16-bit little-endian mono samples at the session's rate."""
 

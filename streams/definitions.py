@@ -95,13 +95,19 @@ def work_consumers() -> list[WorkConsumer]:
     ]
 
 
-def session_audio_consumer(settings: Settings, sid: str) -> ConsumerConfig:
-    """The VAD's per-session reader of microphone frames; acks cover all before."""
+def session_audio_consumer(
+    settings: Settings, sid: str, start_seq: int | None = None
+) -> ConsumerConfig:
+    """The VAD's per-session reader of microphone frames; an ack covers all before it.
+
+    ``start_seq``: the AUDIO stream sequence to resume from (a takeover).
+    """
     return ConsumerConfig(
         durable_name=f"vad-{sid}",
         filter_subject=Subjects(settings.prefix).audio_in(sid),
         ack_policy=AckPolicy.ALL,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start_seq,
         ack_wait=settings.claim_ack_wait_s,
         max_ack_pending=100_000,
         inactive_threshold=settings.audio_max_age_s,

