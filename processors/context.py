@@ -73,16 +73,22 @@ class Context:
     def draining(self) -> bool:
         return self.signals.draining.is_set()
 
-    async def emit(self, event: Message, *, msg_id: str) -> None:
+    async def emit(
+        self, event: Message, *, msg_id: str, trace: dict[str, str] | None = None
+    ) -> None:
         """Publish a client-visible event to ``<prefix>.events.<sid>.<type>``."""
         sid = getattr(event, "sid")  # noqa: B009 - every event has a sid
-        await bus.publish(
-            self.js, self.subjects.events(sid, event.TYPE), event, msg_id=msg_id, headers=self.trace
-        )
+        subject = self.subjects.events(sid, event.TYPE)
+        await bus.publish(self.js, subject, event, msg_id=msg_id, headers=trace or self.trace)
 
-    async def send(self, subject: str, msg: Message, *, msg_id: str) -> None:
-        """Publish work or audio to a stream, deduplicated by ``msg_id``."""
-        await bus.publish(self.js, subject, msg, msg_id=msg_id, headers=self.trace)
+    async def send(
+        self, subject: str, msg: Message, *, msg_id: str, trace: dict[str, str] | None = None
+    ) -> None:
+        """Publish work or audio to a stream, deduplicated by ``msg_id``.
+
+        ``trace`` replaces the handler's trace header (the VAD starts a trace per turn).
+        """
+        await bus.publish(self.js, subject, msg, msg_id=msg_id, headers=trace or self.trace)
 
     async def control(self, msg: Message) -> None:
         sid = getattr(msg, "sid")  # noqa: B009

@@ -24,11 +24,12 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from processors import metrics
-from processors.context import Context, Signals
+from processors.context import Context, Router, Signals
+from processors.routing import TierRouter
 from processors.spec import Spec
 from schemas import ErrorEvent, Handoff, MessageError, MorganError, decode
 from schemas.codec import SESSION_HEADER
-from streams import bus, definitions
+from streams import bus, definitions, tracing
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.runtime")
@@ -50,17 +51,22 @@ class Worker:
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     handled: int = 0
     failed: int = 0
+    router: Router | None = None
 
     def durables(self) -> list[str]:
         kind = self.spec.kind
         return [f"{kind}-{t}" for t in self.tiers] if self.spec.tiered else [kind]
 
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        tracing.setup(self.settings, f"morgan-{self.spec.kind}")
         self.state = await self.spec.load(self.settings, self.tiers)
         nc = await bus.connect(self.settings, f"morgan-{self.spec.kind}-{platform.node()}")
+        pullers: list[asyncio.Task[None]] = []
         try:
             js = nc.jetstream()
             await definitions.apply(js, self.settings)
+            if self.router is None:
+                self.router = TierRouter(js, self.settings)
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)
             service = await add_service(
                 nc,
@@ -89,6 +95,10 @@ class Worker:
                 await asyncio.wait(self.in_flight, timeout=self.settings.work_ack_wait_s)
             await service.stop()
         finally:
+            # Cancelled (or failed): stop pulling and drop unfinished work; it is redelivered.
+            for task in [*pullers, *self.in_flight]:
+                task.cancel()
+            await asyncio.gather(*pullers, *self.in_flight, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 5)
 
@@ -119,30 +129,38 @@ class Worker:
         stop: asyncio.Event,
     ) -> None:
         sub = await js.pull_subscribe_bind(durable, stream=definitions.WORK)
-        while not stop.is_set():
-            await slots.acquire()
-            try:
-                msgs = await sub.fetch(1, timeout=1.0)
-            except Exception:  # timeout, or reconnecting: just ask again
-                slots.release()
-                continue
-            task = asyncio.create_task(self._handle(nc, js, msgs[0], durable))
-            self.in_flight.add(task)
-            task.add_done_callback(self.in_flight.discard)
-            task.add_done_callback(lambda _: slots.release())
+        try:
+            while not stop.is_set():
+                await slots.acquire()
+                try:
+                    msgs = await sub.fetch(1, timeout=1.0)
+                except Exception:  # timeout, or reconnecting: just ask again
+                    slots.release()
+                    if nc.is_closed:  # fetch then fails at once, without yielding: do not spin
+                        return
+                    continue
+                task = asyncio.create_task(self._handle(nc, js, msgs[0], durable))
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            # fetch() never marks its queue done, so nc.drain() would wait out its timeout.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _handle(self, nc: Client, js: JetStreamContext, raw: Msg, durable: str) -> None:
         tier = durable.split("-", 1)[1] if self.spec.tiered else None
-        trace = {k: v for k, v in (raw.headers or {}).items() if k == "traceparent"}
-        ctx = Context(self.settings, nc, js, self.state, tier, self.signals, raw, trace)
+        ctx = Context(self.settings, nc, js, self.state, tier, self.signals, raw, {}, self.router)
         heartbeat = asyncio.create_task(self._heartbeat(raw))
         delivered = raw.metadata.num_delivered
         started = asyncio.get_running_loop().time()
         try:
-            message = decode(raw.headers, raw.data)
-            if not isinstance(message, self.spec.accepts):
-                raise MessageError(f"{self.spec.kind} does not take {message.TYPE!r}")
-            await self.spec.handle(message, ctx)
+            with tracing.span(f"{self.spec.kind}.handle", raw.headers) as span:
+                ctx.trace = tracing.headers_of(span)
+                message = decode(raw.headers, raw.data)
+                if not isinstance(message, self.spec.accepts):
+                    raise MessageError(f"{self.spec.kind} does not take {message.TYPE!r}")
+                await self.spec.handle(message, ctx)
         except Exception as exc:
             error = exc if isinstance(exc, MorganError) else _unexpected(exc)
             await self._fail(ctx, raw, error, delivered)

@@ -6,11 +6,12 @@ ways to run the bundled model, so that is what the VAD processor uses.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from processors import models
 
 RATE = 16000
 WINDOW = 512
@@ -20,10 +21,8 @@ CONTEXT = 64
 
 
 def model_path(name: str = "silero_vad.onnx") -> Path:
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the silero-vad package is not installed")
-    return Path(spec.submodule_search_locations[0]) / "data" / name
+    """A model file bundled with the silero-vad package."""
+    return models.package_dir("silero_vad") / "data" / name
 
 
 def load_session(path: Path | None = None) -> ort.InferenceSession:

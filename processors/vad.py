@@ -41,7 +41,7 @@ from schemas import (
     Utterance,
     decode,
 )
-from streams import definitions
+from streams import definitions, tracing
 from streams.settings import Settings
 
 BATCH = 64
@@ -99,7 +99,7 @@ class VadSession:
             heard = loop.time()
             await self._consume(msgs)
         with contextlib.suppress(NotFoundError):
-            await ctx.js.delete_consumer(definitions.AUDIO, cfg.durable_name)
+            await ctx.js.delete_consumer(definitions.AUDIO, f"vad-{self.sid}")
 
     async def _take_over(self) -> ConsumerConfig:
         """Read the session's frames in order from the first one not yet acknowledged.
@@ -178,7 +178,14 @@ class VadSession:
         )
         tier = await self.ctx.tier_for("stt")
         subject = self.ctx.subjects.work("stt", tier)
-        await self.ctx.send(subject, utterance, msg_id=f"{self.sid}.{self.turn}.utt")
+        # Each turn is one trace across every host; this is its root.
+        with tracing.span(
+            "turn", None, **{"morgan.session": self.sid, "morgan.turn": self.turn}
+        ) as root:
+            trace = tracing.headers_of(root)
+            await self.ctx.send(
+                subject, utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace
+            )
         self.last_turn, self.turn = self.turn, ""
 
     async def _ack(self, upto: int) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from functools import cache
 from typing import Any
 
 from schemas.errors import MorganError
@@ -77,10 +76,16 @@ def build(cls: type[Message], fields: dict[str, Any]) -> Message:
         raise MessageError(f"{cls.TYPE}: {exc}") from None
 
 
-@cache
+_HINTS: dict[str, dict[str, Any]] = {}
+
+
 def _hints(cls: type[Message]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
+    """Field name -> resolved type, computed once per message type."""
+    if cls.TYPE not in _HINTS:
+        names = {f.name for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls.TYPE] = {k: v for k, v in hints.items() if k in names}
+    return _HINTS[cls.TYPE]
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

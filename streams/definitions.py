@@ -31,7 +31,7 @@ DUPLICATE_WINDOW_S = 120.0
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
     s = Subjects(settings.prefix)
-    common = {"num_replicas": settings.replicas, "storage": StorageType.FILE}
+    replicas, storage = settings.replicas, StorageType.FILE
     return [
         StreamConfig(
             name=AUDIO,
@@ -40,7 +40,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_age=settings.audio_max_age_s,
             discard=DiscardPolicy.OLD,
             duplicate_window=DUPLICATE_WINDOW_S,
-            **common,
+            num_replicas=replicas,
+            storage=storage,
         ),
         StreamConfig(
             name=WORK,
@@ -48,7 +49,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             retention=RetentionPolicy.WORK_QUEUE,
             max_age=3600.0,
             duplicate_window=DUPLICATE_WINDOW_S,
-            **common,
+            num_replicas=replicas,
+            storage=storage,
         ),
         StreamConfig(
             name=EVENTS,
@@ -56,7 +58,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             max_age=settings.events_max_age_s,
             duplicate_window=DUPLICATE_WINDOW_S,
-            **common,
+            num_replicas=replicas,
+            storage=storage,
         ),
     ]
 

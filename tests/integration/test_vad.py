@@ -68,9 +68,9 @@ async def test_speech_between_silences_becomes_one_transcribable_utterance(
         await mic.claim()
         await mic.send(silence(600) + sentence + silence(1200))
         utt = await stt.next(Utterance)
-        started = await events.next()
-        stopped = await events.next()
-    assert isinstance(started, SpeechStarted) and isinstance(stopped, SpeechStopped)
+        started = await events.next(SpeechStarted)
+        stopped = await events.next(SpeechStopped)
+    assert stopped.turn == started.turn
     assert utt.sid == mic.sid and utt.turn == f"u{utt.first_seq}" == started.turn
     words = transcribe(utt.pcm).lower()
     assert "fox" in words and "story" in words

