@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,6 +59,12 @@ class Context:
     """Headers to carry on (``traceparent``): one trace per turn across hosts."""
     router: Router | None = None
     """Chooses gpu or cpu tiers (processors.routing); None sends everything to cpu."""
+    live: Callable[[], Settings] | None = None
+    """The worker's settings now (live config); ``settings`` is the message-start snapshot."""
+
+    def current_settings(self) -> Settings:
+        """For long handlers (a VAD session): settings as they are now, not at start."""
+        return self.settings if self.live is None else self.live()
 
     @property
     def subjects(self) -> Subjects:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, start_http_server
 
 HANDLED = Counter(
     "morgan_processor_messages_total", "Work messages by outcome", ["kind", "outcome"]
@@ -19,3 +19,8 @@ def observe(kind: str, outcome: str, seconds: float) -> None:
     HANDLED.labels(kind, outcome).inc()
     if outcome == "ok":
         DURATION.labels(kind).observe(seconds)
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on ``port`` (a thread of prometheus_client)."""
+    start_http_server(port)

@@ -20,20 +20,20 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.micro import add_service
 from nats.micro.request import Request
 
 from processors import metrics
+from processors.announce import announced
 from processors.context import Context, Router, Signals
 from processors.routing import TierRouter
 from processors.spec import Spec
 from schemas import ErrorEvent, Handoff, MessageError, MorganError, decode
 from schemas.codec import SESSION_HEADER
 from streams import bus, definitions, tracing
+from streams.config_source import ConfigSource
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.runtime")
-VERSION = "0.1.0"
 
 
 def backoff(delivered: int) -> float:
@@ -59,26 +59,24 @@ class Worker:
 
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         tracing.setup(self.settings, f"morgan-{self.spec.kind}")
+        if self.settings.metrics_port:
+            metrics.serve(self.settings.metrics_port)
         self.state = await self.spec.load(self.settings, self.tiers)
         nc = await bus.connect(self.settings, f"morgan-{self.spec.kind}-{platform.node()}")
         pullers: list[asyncio.Task[None]] = []
+        stack = contextlib.AsyncExitStack()
         try:
             js = nc.jetstream()
             await definitions.apply(js, self.settings)
             if self.router is None:
                 self.router = TierRouter(js, self.settings)
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)
-            service = await add_service(
-                nc,
-                name=f"morgan-{self.spec.kind}",
-                version=VERSION,
-                description=f"Morgan {self.spec.kind} processor",
-                metadata={"tiers": ",".join(self.tiers), "model": self.spec.describe(self.state)},
-            )
-            await service.add_endpoint(
-                name="status",
-                subject=f"{self.settings.prefix}.svc.{self.spec.kind}.status",
-                handler=self._status,
+            config = ConfigSource(self.settings, self.spec.kind, nc=nc)
+            self.settings = await config.start()
+            config.subscribe(self._reconfigure)
+            await stack.enter_async_context(config)
+            await stack.enter_async_context(
+                announced(nc, self.spec, self.settings, self.tiers, self.state, self._status)
             )
             slots = asyncio.Semaphore(self.spec.concurrency)
             pullers = [
@@ -93,14 +91,19 @@ class Worker:
             await asyncio.gather(*pullers, return_exceptions=True)
             if self.in_flight:
                 await asyncio.wait(self.in_flight, timeout=self.settings.work_ack_wait_s)
-            await service.stop()
         finally:
+            await stack.aclose()
             # Cancelled (or failed): stop pulling and drop unfinished work; it is redelivered.
             for task in [*pullers, *self.in_flight]:
                 task.cancel()
             await asyncio.gather(*pullers, *self.in_flight, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 5)
+
+    def _reconfigure(self, settings: Settings) -> None:
+        """Live config: each message from now on is handled with these settings."""
+        log.info("%s: configuration changed", self.spec.kind)
+        self.settings = settings
 
     async def _on_control(self, raw: Msg) -> None:
         with contextlib.suppress(MessageError):
@@ -150,7 +153,18 @@ class Worker:
 
     async def _handle(self, nc: Client, js: JetStreamContext, raw: Msg, durable: str) -> None:
         tier = durable.split("-", 1)[1] if self.spec.tiered else None
-        ctx = Context(self.settings, nc, js, self.state, tier, self.signals, raw, {}, self.router)
+        ctx = Context(
+            self.settings,
+            nc,
+            js,
+            self.state,
+            tier,
+            self.signals,
+            raw,
+            {},
+            self.router,
+            lambda: self.settings,
+        )
         heartbeat = asyncio.create_task(self._heartbeat(raw))
         delivered = raw.metadata.num_delivered
         started = asyncio.get_running_loop().time()

@@ -67,12 +67,13 @@ class Segmenter:
         return self._in_speech
 
     @property
+    def idle(self) -> bool:
+        """No speech is being heard, confirmed or not."""
+        return not self._in_speech and self._first_speech < 0
+
+    @property
     def safe_ack(self) -> int:
-        """Audio before this sample offset is no longer needed."""
-        if self._in_speech:
-            return self._start
-        if self._first_speech >= 0:
-            return max(0, self._first_speech - self._pre)
+        """While idle: audio before this sample offset can never start an utterance."""
         return max(0, self.position - self._pre - WINDOW)
 
     @property

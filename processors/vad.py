@@ -80,6 +80,8 @@ class VadSession:
         self.frames: deque[_Frame] = deque()
         self.turn = ""
         self.last_turn = ""
+        self.hold = False
+        """After a takeover, keep every frame until the first utterance is out."""
 
     async def run(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
@@ -116,6 +118,7 @@ class VadSession:
             await js.add_consumer(definitions.AUDIO, cfg)
             return cfg
         await js.delete_consumer(definitions.AUDIO, cfg.durable_name)
+        self.hold = True
         start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
         cfg = definitions.session_audio_consumer(settings, self.sid, start_seq=start)
         await js.add_consumer(definitions.AUDIO, cfg)
@@ -137,6 +140,7 @@ class VadSession:
             new.append(_Frame(frame.seq, frame.offset, frame.offset + n, frame.pcm, raw))
         if not new or self.seg is None:
             return
+        self.seg.config = config_of(self.ctx.current_settings())  # live config applies at once
         self.frames.extend(new)
         samples = np.frombuffer(b"".join(f.pcm for f in new), dtype="<i2")
         windows = self.seg.windows(samples.astype(np.float32) / 32768.0)
@@ -147,7 +151,8 @@ class VadSession:
                 await self._started(event)
             elif isinstance(event, Ended):
                 await self._ended(event)
-        await self._ack(self.seg.safe_ack)
+        if self.seg.idle and not self.hold:
+            await self._ack(self.seg.safe_ack)
 
     async def _started(self, event: Started) -> None:
         self.turn = f"u{self.frames[0].seq}"
@@ -159,9 +164,12 @@ class VadSession:
             await self.ctx.control(Cancel(self.sid, self.last_turn, reason="barge-in"))
 
     async def _ended(self, event: Ended) -> None:
-        first = self.frames[0]
         frames = [f for f in self.frames if f.start < event.end]
-        pcm = b"".join(f.pcm for f in frames)[: (event.end - first.start) * 2]
+        first = frames[0]
+        begin = max(first.start, event.start)
+        pcm = b"".join(f.pcm for f in frames)[
+            (begin - first.start) * 2 : (event.end - first.start) * 2
+        ]
         tail_ms = (event.decided_at - event.speech_end) * 1000 // silero.RATE
         await self.ctx.emit(
             SpeechStopped(self.sid, self.turn, at_ms=event.speech_end * 1000 // silero.RATE),
@@ -186,7 +194,8 @@ class VadSession:
             await self.ctx.send(
                 subject, utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace
             )
-        self.last_turn, self.turn = self.turn, ""
+        self.last_turn, self.turn, self.hold = self.turn, "", False
+        await self._ack(event.end)  # the next turn's id is the next unacknowledged frame
 
     async def _ack(self, upto: int) -> None:
         """Acknowledge (AckPolicy.ALL) every frame that ends at or before ``upto``."""

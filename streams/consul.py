@@ -36,8 +36,10 @@ class ConsulError(MorganError):
 
 
 class NotFound(ConsulError):
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, index: int = 0) -> None:
         super().__init__(message, status=404)
+        self.index = index
+        """X-Consul-Index of the answer (KV reads carry it on a 404 too)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ class Consul:
         if not settings.consul_http_addr:
             raise ValueError("CONSUL_HTTP_ADDR is not set")
         base, uds = _endpoint(settings)
-        headers = {"X-Consul-Token": settings.consul_http_token} if settings.consul_http_token else {}
+        headers = (
+            {"X-Consul-Token": settings.consul_http_token} if settings.consul_http_token else {}
+        )
         self.timeout = timeout
         self.address = base if uds is None else f"unix://{uds}"
         self._http = httpx.AsyncClient(
@@ -153,7 +157,7 @@ class Consul:
         except httpx.HTTPError as exc:
             raise ConsulError(f"consul {method} {path}: {exc!r}", status=None) from exc
         if r.status_code == 404:
-            raise NotFound(f"consul {method} {path}: 404 {r.text[:200]}")
+            raise NotFound(f"consul {method} {path}: 404 {r.text[:200]}", index=_index(r))
         if r.status_code >= 400:
             raise ConsulError(
                 f"consul {method} {path}: {r.status_code} {r.text[:200]}", status=r.status_code
@@ -248,7 +252,7 @@ class Consul:
                 "GET", f"/v1/kv/{quote(key, safe='/')}", params=params, wait_s=wait_s
             )
         except NotFound as exc:
-            return _index_of(exc), []
+            return exc.index, []
         pairs = [
             KVPair(
                 key=str(e["Key"]),
@@ -286,11 +290,3 @@ class Consul:
             params["cas"] = str(cas)
         r = await self._call("DELETE", f"/v1/kv/{quote(key, safe='/')}", params=params)
         return bool(r.json())
-
-
-def _index_of(exc: NotFound) -> int:
-    """A 404 from KV still carries X-Consul-Index; keep it for the next blocking query."""
-    return exc.index
-
-
-NotFound.index = 0  # type: ignore[attr-defined]

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     """Deliveries of one work message before it is given up. Env: MORGAN_MAX_DELIVER."""
     tiers: str = ""
     """Tiers this host serves, e.g. ``gpu,cpu``; empty = detect. Env: MORGAN_TIERS."""
+    gpu_queue_limit: int = Field(8, ge=0)
+    """Messages waiting on a gpu consumer at which producers send that kind's work to the
+    cpu tier instead, count (default 8; 0 = never gpu). Env: MORGAN_GPU_QUEUE_LIMIT."""
 
     # --- gateway ---
     http_host: str = "127.0.0.1"

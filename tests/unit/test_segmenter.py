@@ -52,17 +52,23 @@ def test_positions_are_session_absolute() -> None:
     assert isinstance(events[0], Started) and events[0].speech_at == 160_000
 
 
-def test_safe_ack_never_passes_the_start_of_pending_speech() -> None:
+def test_not_idle_from_the_first_speech_window_until_the_utterance_ends() -> None:
     seg = Segmenter(CFG)
-    for i in range(10):
-        seg.step(i * WINDOW, 0.0)
-    seg.position = 10 * WINDOW
-    seg.step(10 * WINDOW, 0.9)  # speech heard but not yet confirmed
-    assert seg.safe_ack <= 10 * WINDOW - CFG.samples(64)
-    for i in range(11, 14):
+    seg.step(0, 0.0)
+    assert seg.idle
+    seg.step(WINDOW, 0.9)  # heard, not yet confirmed: frames must be kept
+    assert not seg.idle and not seg.in_speech
+    for i in range(2, 6):
         seg.step(i * WINDOW, 0.9)
-    assert seg.in_speech
-    assert seg.safe_ack <= 10 * WINDOW - CFG.samples(64)
+    assert seg.in_speech and not seg.idle
+    for i in range(6, 30):
+        seg.step(i * WINDOW, 0.0)
+    assert seg.idle
+
+
+def test_idle_safe_ack_keeps_the_pre_roll() -> None:
+    seg = Segmenter(CFG, position=100 * WINDOW)
+    assert seg.safe_ack == 100 * WINDOW - CFG.samples(64) - WINDOW
 
 
 def test_windows_splits_any_frame_size_into_whole_windows() -> None:

@@ -1,0 +1,66 @@
+"""Real speech for tests: espeak-ng + sox make it, faster-whisper hears it.
+
+speak(text, rate=16000) -> s16le mono PCM bytes
+silence(ms, rate) -> that many milliseconds of zeros
+resample(pcm, src_rate, dst_rate) -> PCM at the new rate (linear interpolation)
+transcribe(pcm, rate=16000) -> what tiny.en hears (model loaded once per process)
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from faster_whisper import WhisperModel
+
+from processors import models
+
+
+def speak(text: str, rate: int = 16000) -> bytes:
+    """``text`` spoken by espeak-ng (en-us, 150 wpm) as s16le mono PCM at ``rate``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text],
+            check=True,
+            capture_output=True,
+        )
+        raw = ["-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-L", "-t", "raw"]
+        out = subprocess.run(["sox", str(wav), *raw, "-"], check=True, capture_output=True)
+    return out.stdout
+
+
+def silence(ms: int, rate: int = 16000) -> bytes:
+    return bytes(2 * (rate * ms // 1000))
+
+
+def resample(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:
+    """s16le mono PCM from ``src_rate`` to ``dst_rate`` by linear interpolation."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    if src_rate == dst_rate or samples.size == 0:
+        return pcm
+    count = int(round(samples.size * dst_rate / src_rate))
+    at = np.arange(count) * (src_rate / dst_rate)
+    out = np.interp(at, np.arange(samples.size), samples)
+    return bytes(np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes())
+
+
+@functools.cache
+def whisper() -> Any:
+    """The shipped tiny.en on CPU, loaded once per test process."""
+    return WhisperModel(
+        str(models.whisper_model_dir()), device="cpu", compute_type="int8", local_files_only=True
+    )
+
+
+def transcribe(pcm: bytes, rate: int = 16000) -> str:
+    """What faster-whisper tiny.en hears in s16le mono PCM (any rate)."""
+    audio = np.frombuffer(resample(pcm, rate, 16000), dtype="<i2").astype(np.float32) / 32768.0
+    segments, _ = whisper().transcribe(
+        audio, language="en", beam_size=1, without_timestamps=True, vad_filter=False
+    )
+    return str("".join(s.text for s in segments)).strip()
