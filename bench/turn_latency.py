@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,6 +46,14 @@ QUESTIONS = [
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def trim(pcm: bytes) -> bytes:
+    """Cut espeak's trailing silence, so 'end of speech' is the last voiced sample."""
+    samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+    voiced = np.nonzero(samples > 500)[0]
+    end = int(voiced[-1]) + 1 if voiced.size else len(samples)
+    return pcm[: end * 2]
 
 
 class BusClock:
@@ -107,9 +116,9 @@ async def measure(up: MorganUp, nats_url: str, turns: int) -> None:
     rows: dict[str, list[float]] = defaultdict(list)
     for i in range(turns):
         client = await VoiceClient.open(up.url)
-        speech = speak(QUESTIONS[i % len(QUESTIONS)])
+        speech = trim(speak(QUESTIONS[i % len(QUESTIONS)]))
         await client.send_audio(silence(300), realtime=1.0)
-        end_of_speech = await client.send_audio(speech, realtime=1.0)
+        end_of_speech = await client.send_audio(speech, realtime=1.0)  # last voiced frame
         await client.send_audio(silence(1500), realtime=1.0)
         await client.wait_for(lambda c=client: any(t.complete for t in c.turns.values()), 120)
         turn_id, turn = next((k, t) for k, t in client.turns.items() if t.complete)
@@ -127,7 +136,8 @@ async def measure(up: MorganUp, nats_url: str, turns: int) -> None:
         vad_tail = (utt_at - end_of_speech) * 1000
         compute = utt.vad_tail_ms + tr.stt_ms + tts_req.llm_ms + chunk.tts_ms
         rows[TOTAL].append(total)
-        rows["vad tail (silence wait + VAD)"].append(vad_tail)
+        rows["vad tail (end of speech -> utterance on bus)"].append(vad_tail)
+        rows["  vad silence wait (configured)"].append(utt.vad_tail_ms)
         rows["stt (bus: utterance -> transcript)"].append((tr_at - utt_at) * 1000)
         rows["  stt model compute"].append(tr.stt_ms)
         rows["llm first sentence (bus)"].append((tts_at - llm_at) * 1000)

@@ -35,14 +35,15 @@ def words(text: str) -> set[str]:
 
 async def test_a_spoken_question_gets_a_spoken_answer(morgan: MorganUp) -> None:
     client = await VoiceClient.open(morgan.url)
-    await client.send_audio(silence(400) + speak("what is the capital of france") + silence(1500))
+    question = speak("what color is the sky on a sunny day")
+    await client.send_audio(silence(400) + question + silence(1500))
     await client.wait_for(lambda: any(t.complete for t in client.turns.values()))
     turn_id, turn = next((k, t) for k, t in client.turns.items() if t.complete)
     await client.close()
 
     kinds = [e["type"] for e in turn.events]
     transcript = next(e for e in turn.events if e["type"] == "transcript")
-    assert "capital" in transcript["text"].lower() and "france" in transcript["text"].lower()
+    assert "sky" in transcript["text"].lower() and "sunny" in transcript["text"].lower()
     assert kinds.index("vad.speech_started") < kinds.index("transcript")
     assert kinds.index("reply.delta") < kinds.index("reply.done")
     deltas = "".join(e["text"] for e in turn.events if e["type"] == "reply.delta")
