@@ -1,0 +1,228 @@
+"""The llm processor's openai backend against a real OpenAI-compatible server.
+
+The server is llama-cpp-python's own (``python -m llama_cpp.server``) serving
+the shipped SmolLM2 GGUF on a free port; Ollama speaks the same protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from processors import llm, llm_backends, models
+from processors.runtime import Worker
+from schemas import ErrorEvent, LlmRequest, Message, ReplyDelta, ReplyDone, Subjects, decode
+from streams import bus, definitions
+from streams.settings import Settings
+from tests.integration.workers import running
+
+S = Subjects()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m llama_cpp.server`` on a free port; yields its ``/v1`` base URL."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("llm-server") / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(models.smollm2_gguf_path())]
+            + ["--host", "127.0.0.1", "--port", str(port), "--verbose", "false"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "llama_cpp.server not ready in 60 s"
+            try:
+                if httpx.get(f"{url}/models", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)  # polling the server with a deadline, not synchronising
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@asynccontextmanager
+async def openai_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """The real llm SPEC with the openai backend; its HTTP client is closed afterwards."""
+    assert settings.llm_backend == "openai"
+    backend = None
+    try:
+        async with running(llm.SPEC, settings) as worker:
+            backend = worker.state
+            yield worker
+    finally:  # after the worker has stopped: nothing uses the client any more
+        if isinstance(backend, llm_backends.OpenAIBackend):
+            await backend.aclose()
+
+
+def openai_settings(settings: Settings, url: str, **update: object) -> Settings:
+    return settings.model_copy(
+        update={"llm_backend": "openai", "llm_url": url, "llm_model": "smollm2", **update}
+    )
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 120.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def stored(js: JetStreamContext, stream: str, subject: str) -> list[Message]:
+    out: list[Message] = []
+    seq = 1
+    while True:
+        try:
+            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return out
+        out.append(decode(raw.headers, raw.data or b""))
+        assert raw.seq is not None
+        seq = raw.seq + 1
+
+
+async def settled(js: JetStreamContext) -> bool:
+    info = await js.consumer_info(definitions.WORK, "llm")
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def ask(js: JetStreamContext, sid: str, text: str) -> ReplyDone:
+    await bus.publish(js, S.work("llm"), LlmRequest(sid, "t1", text), msg_id=f"{sid}.t1.llm")
+    await until(lambda: settled(js))
+    [done] = await stored(js, definitions.EVENTS, S.events(sid, "reply.done"))
+    assert isinstance(done, ReplyDone)
+    return done
+
+
+async def test_openai_backend_streams_the_reply_from_a_real_server(
+    settings: Settings, js: JetStreamContext, llm_server: str
+) -> None:
+    settings = openai_settings(settings, llm_server)
+    async with openai_worker(settings) as worker:
+        assert worker.spec.describe(worker.state) == f"openai-compatible smollm2 at {llm_server}"
+        done = await ask(js, "o1", "What can you do for me?")
+    deltas = await stored(js, definitions.EVENTS, S.events("o1", "reply.delta"))
+    tts = await stored(js, definitions.WORK, S.work("tts", "cpu"))
+    assert len(deltas) > 1 and done.text.strip()
+    assert "".join(d.text for d in deltas if isinstance(d, ReplyDelta)) == done.text
+    assert done.sentences == len(tts) >= 1
+
+
+async def test_system_prompt_reaches_the_model(
+    settings: Settings, js: JetStreamContext, llm_server: str
+) -> None:
+    named = openai_settings(settings, llm_server, llm_system_prompt="Your name is Morgan.")
+    async with openai_worker(named):
+        morgan = await ask(js, "o2", "What is your name?")
+    other = openai_settings(settings, llm_server, llm_system_prompt="You are a helpful robot.")
+    async with openai_worker(other):
+        robot = await ask(js, "o3", "What is your name?")
+    assert "Morgan" in morgan.text
+    assert "Morgan" not in robot.text
+
+
+async def test_unreachable_server_is_retried_then_given_up_with_an_error_event(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    settings = openai_settings(settings, f"http://127.0.0.1:{free_port()}/v1", max_deliver=3)
+    async with openai_worker(settings) as worker:
+        await bus.publish(js, S.work("llm"), LlmRequest("o4", "t1", "Hello?"))
+        await until(lambda: settled(js))
+        assert (worker.handled, worker.failed) == (0, 1)
+    info = await js.consumer_info(definitions.WORK, "llm")
+    assert info.delivered.consumer_seq == 3  # delivered, nak'd and redelivered up to max_deliver
+    [error] = await stored(js, definitions.EVENTS, S.events("o4", "error"))
+    assert isinstance(error, ErrorEvent) and (error.code, error.turn) == ("llm_unavailable", "t1")
+    assert "unreachable" in error.message
+    assert await stored(js, definitions.EVENTS, S.events("o4", "reply.done")) == []
+
+
+async def test_request_the_server_refuses_is_given_up_at_once(
+    settings: Settings, js: JetStreamContext, llm_server: str
+) -> None:
+    settings = openai_settings(settings, f"{llm_server}/no-such-api")  # answered with 404
+    async with openai_worker(settings) as worker:
+        await bus.publish(js, S.work("llm"), LlmRequest("o5", "t1", "Hello?"))
+        await until(lambda: settled(js))
+        assert worker.failed == 1
+    info = await js.consumer_info(definitions.WORK, "llm")
+    assert info.delivered.consumer_seq == 1  # not retried
+    [error] = await stored(js, definitions.EVENTS, S.events("o5", "error"))
+    assert isinstance(error, ErrorEvent) and error.code == "llm_rejected"
+    assert "404" in error.message
+
+
+async def test_reply_cut_off_by_the_server_is_retried_not_taken_as_empty(
+    settings: Settings, js: JetStreamContext, llm_server: str
+) -> None:
+    too_long = "Remember this. " * 1500  # past the 2048-token context: 200, then the stream ends
+    settings = openai_settings(settings, llm_server, llm_system_prompt=too_long, max_deliver=2)
+    async with openai_worker(settings) as worker:
+        await bus.publish(js, S.work("llm"), LlmRequest("o6", "t1", "Hello?"))
+        await until(lambda: settled(js))
+        assert (worker.handled, worker.failed) == (0, 1)
+    assert (await js.consumer_info(definitions.WORK, "llm")).delivered.consumer_seq == 2
+    assert await stored(js, definitions.EVENTS, S.events("o6", "reply.done")) == []
+    [error] = await stored(js, definitions.EVENTS, S.events("o6", "error"))
+    assert isinstance(error, ErrorEvent) and "[DONE]" in error.message
+
+
+async def test_backend_closing_the_stream_early_closes_the_response(llm_server: str) -> None:
+    settings = openai_settings(Settings(), llm_server, llm_max_tokens=300)
+    backend = llm_backends.OpenAIBackend(settings)
+    messages = llm.prompt("", [], "Tell me a long story about a dragon.")
+    got: list[str] = []
+    try:
+        async for delta in backend.stream(messages, lambda: len(got) >= 3):
+            got.append(delta)
+        assert len(got) == 3
+        # the server is free again: the next request is answered
+        assert [d async for d in backend.stream(llm.prompt("", [], "Hi"), lambda: False)]
+    finally:
+        await backend.aclose()
+
+
+def test_status_codes_map_to_retryable_or_not() -> None:
+    assert llm_backends.status_error(503, "busy").retryable
+    assert llm_backends.status_error(429, "slow down").retryable
+    assert llm_backends.status_error(408, "timeout").retryable
+    assert not llm_backends.status_error(401, "bad key").retryable
+    assert not llm_backends.status_error(404, "no such model").retryable
+
+
+def test_sse_lines_are_parsed_into_text_deltas() -> None:
+    assert llm_backends.sse_data(": keep-alive") is None
+    assert llm_backends.sse_data("") is None
+    assert llm_backends.sse_data("data: [DONE]") == "[DONE]"
+    chunk = '{"choices":[{"delta":{"content":"Hi"}}]}'
+    assert llm_backends.delta_text(llm_backends.sse_data(f"data: {chunk}") or "") == "Hi"
+    assert llm_backends.delta_text('{"choices":[{"delta":{"role":"assistant"}}]}') == ""
