@@ -1,84 +1,170 @@
 """Which tier gets a kind's work: ``gpu`` while a live gpu worker keeps up, else ``cpu``.
 
-The gpu tier is chosen when a gpu worker of the kind is live and the
-``<kind>-gpu`` consumer has fewer than ``settings.gpu_queue_limit`` messages
-waiting. Liveness is decided in one place, ``gpu_worker_seen``; for now it
-reads the shared durable consumer (a worker with a pull request open), later
-a service registry can answer instead. Consumer info is cached briefly so a
-reply's sentences do not each cost a round trip.
+Liveness comes from the registry, not configuration: every worker answers as a
+NATS micro service ``morgan-<kind>`` whose metadata lists its tiers, so a
+``$SRV.PING.morgan-<kind>`` gathered for a moment says which gpu workers are
+alive (a SIGKILLed worker stops answering at once; a busy one still answers,
+its model runs on a thread). The gpu tier is chosen while one answered within
+``grace_s`` and the ``<kind>-gpu`` consumer has fewer than
+``settings.gpu_queue_limit`` messages waiting. The look is refreshed in the
+background (stale-while-revalidate), so choosing a tier never waits on it.
+
+Work already queued on the gpu tier when its last worker dies would be
+stranded: ``rescue_stranded`` (run by cpu-tier workers) moves it to cpu.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo
 
-from schemas.subjects import TIERED_KINDS
+from schemas.subjects import TIERED_KINDS, Subjects
 from streams import definitions
+from streams.bus import MSG_ID
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.routing")
-CACHE_S = 0.5
-"""How long one look at a gpu consumer is reused, seconds."""
-LIVE_GRACE_S = 5.0
-"""A gpu worker seen pulling this recently still counts as live, seconds (it may be busy)."""
-TIMEOUT_S = 1.0
-"""Longest wait for consumer info, seconds; on timeout work goes to cpu."""
+REFRESH_S = 0.5
+"""How long one look is fresh, seconds."""
+GRACE_S = 1.0
+"""A gpu worker that answered this recently still counts as live, seconds."""
+GATHER_S = 0.15
+"""How long ping replies are collected, seconds."""
 
 
-async def gpu_consumer(js: JetStreamContext, kind: str) -> ConsumerInfo | None:
-    """The ``<kind>-gpu`` consumer's state, or None when it cannot be read now."""
+async def live_tiers(nc: Client, kind: str, gather_s: float = GATHER_S) -> list[str]:
+    """Tiers served by each ``morgan-<kind>`` worker that answers a ping now (one per tier)."""
+    replies: list[Msg] = []
+
+    async def on_reply(msg: Msg) -> None:
+        replies.append(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_reply)
     try:
-        return await asyncio.wait_for(js.consumer_info(definitions.WORK, f"{kind}-gpu"), TIMEOUT_S)
-    except Exception as exc:  # missing consumer, timeout, reconnecting: no gpu for now
-        log.debug("no %s-gpu consumer info: %r", kind, exc)
-        return None
+        await nc.publish(f"$SRV.PING.morgan-{kind}", b"", reply=inbox)
+        await asyncio.sleep(gather_s)  # a ping has no end marker: gather for a moment
+    finally:
+        await sub.unsubscribe()
+    tiers: list[str] = []
+    for msg in replies:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            tiers += json.loads(msg.data)["metadata"]["tiers"].split(",")
+    return tiers
 
 
-def gpu_worker_seen(info: ConsumerInfo) -> bool:
-    """Whether a gpu worker is pulling right now: the one liveness source to swap later."""
-    return (info.num_waiting or 0) > 0
+@dataclass
+class Look:
+    at: float
+    gpu_seen_at: float
+    gpu_pending: int
 
 
 class TierRouter:
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         settings: Settings,
         *,
-        cache_s: float = CACHE_S,
-        live_grace_s: float = LIVE_GRACE_S,
+        refresh_s: float = REFRESH_S,
+        grace_s: float = GRACE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.js = js
+        self.nc, self.js = nc, js
         self.queue_limit = settings.gpu_queue_limit
-        self.cache_s = cache_s
-        self.live_grace_s = live_grace_s
-        self.clock = clock
-        self._looked: dict[str, tuple[float, ConsumerInfo | None]] = {}
-        self._last_seen: dict[str, float] = {}
+        self.refresh_s, self.grace_s, self.clock = refresh_s, grace_s, clock
+        self._looks: dict[str, Look] = {}
+        self._refreshing: dict[str, asyncio.Task[Look]] = {}
 
     async def tier_for(self, kind: str) -> str:
+        look = await self._look(kind)
+        live = self.clock() - look.gpu_seen_at <= self.grace_s
+        return "gpu" if live and look.gpu_pending < self.queue_limit else "cpu"
+
+    async def gpu_live(self, kind: str) -> bool:
+        look = await self._look(kind)
+        return self.clock() - look.gpu_seen_at <= self.grace_s
+
+    async def _look(self, kind: str) -> Look:
         if kind not in TIERED_KINDS:
             raise ValueError(f"{kind} work has no tiers")
-        info = await self._look(kind)
-        now = self.clock()
-        if info is not None and gpu_worker_seen(info):
-            self._last_seen[kind] = now
-        live = now - self._last_seen.get(kind, -float("inf")) <= self.live_grace_s
-        if info is None or not live or (info.num_pending or 0) >= self.queue_limit:
-            return "cpu"
-        return "gpu"
+        look = self._looks.get(kind)
+        task = self._refreshing.get(kind)
+        if look is not None and self.clock() - look.at < self.refresh_s:
+            return look
+        if task is None or task.done():
+            task = self._refreshing[kind] = asyncio.create_task(self._refresh(kind))
+        return look if look is not None else await task  # stale-while-revalidate
 
-    async def _look(self, kind: str) -> ConsumerInfo | None:
-        looked = self._looked.get(kind)
-        if looked is not None and self.clock() - looked[0] < self.cache_s:
-            return looked[1]
-        info = await gpu_consumer(self.js, kind)
-        self._looked[kind] = (self.clock(), info)
-        return info
+    async def close(self) -> None:
+        """Stop any look still under way."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _refresh(self, kind: str) -> Look:
+        before = self._looks.get(kind)
+        seen_at = before.gpu_seen_at if before else -float("inf")
+        pending = 0
+        try:
+            tiers, info = await asyncio.wait_for(
+                asyncio.gather(
+                    live_tiers(self.nc, kind),
+                    self.js.consumer_info(definitions.WORK, f"{kind}-gpu"),
+                ),
+                1.0,
+            )
+            if "gpu" in tiers:
+                seen_at = self.clock()
+            pending = int(info.num_pending or 0)
+        except Exception as exc:  # reconnecting, no consumer: keep what we knew
+            log.debug("routing look for %s failed: %r", kind, exc)
+        look = Look(self.clock(), seen_at, pending)
+        self._looks[kind] = look
+        return look
+
+
+async def rescue_stranded(
+    js: JetStreamContext,
+    router: TierRouter,
+    settings: Settings,
+    kind: str,
+    stop: asyncio.Event,
+    every_s: float = 1.0,
+) -> None:
+    """While no gpu worker of ``kind`` lives, move its queued gpu work to the cpu tier.
+
+    The copy gets a new message id (``<id>.cpu``): the original id is still inside
+    the dedup window and the copy would be dropped. The original is acked after.
+    """
+    sub = await js.pull_subscribe_bind(f"{kind}-gpu", stream=definitions.WORK)
+    cpu = Subjects(settings.prefix).work(kind, "cpu")
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set() or await router.gpu_live(kind):
+                continue
+            with contextlib.suppress(Exception):  # nothing waiting, or reconnecting
+                for raw in await sub.fetch(16, timeout=0.2):
+                    headers = dict(raw.headers or {})
+                    headers[MSG_ID] = (
+                        headers.get(MSG_ID, str(raw.metadata.sequence.stream)) + ".cpu"
+                    )
+                    await js.publish(cpu, raw.data, headers=headers)
+                    await raw.ack()
+                    log.warning("moved stranded %s work from gpu to cpu", kind)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

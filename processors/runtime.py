@@ -25,7 +25,7 @@ from nats.micro.request import Request
 from processors import metrics
 from processors.announce import announced
 from processors.context import Context, Router, Signals
-from processors.routing import TierRouter
+from processors.routing import TierRouter, rescue_stranded
 from processors.spec import Spec
 from schemas import ErrorEvent, Handoff, MessageError, MorganError, decode
 from schemas.codec import SESSION_HEADER
@@ -69,7 +69,7 @@ class Worker:
             js = nc.jetstream()
             await definitions.apply(js, self.settings)
             if self.router is None:
-                self.router = TierRouter(js, self.settings)
+                self.router = TierRouter(nc, js, self.settings)
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)
             config = ConfigSource(self.settings, self.spec.kind, nc=nc)
             self.settings = await config.start()
@@ -83,6 +83,9 @@ class Worker:
                 asyncio.create_task(self._pull(nc, js, durable, slots, stop))
                 for durable in self.durables()
             ]
+            if self.spec.tiered and "gpu" not in self.tiers and isinstance(self.router, TierRouter):
+                rescue = rescue_stranded(js, self.router, self.settings, self.spec.kind, stop)
+                pullers.append(asyncio.create_task(rescue))
             log.info("%s ready on %s", self.spec.kind, ", ".join(self.durables()))
             if ready is not None:
                 ready.set()
@@ -93,6 +96,8 @@ class Worker:
                 await asyncio.wait(self.in_flight, timeout=self.settings.work_ack_wait_s)
         finally:
             await stack.aclose()
+            if isinstance(self.router, TierRouter):
+                await self.router.close()
             # Cancelled (or failed): stop pulling and drop unfinished work; it is redelivered.
             for task in [*pullers, *self.in_flight]:
                 task.cancel()

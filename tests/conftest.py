@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
@@ -12,6 +13,11 @@ from nats.js import JetStreamContext
 
 from streams import bus, definitions, embedded
 from streams.settings import Settings
+
+# hypothesis's pytest plugin imports hypothesis lazily in the terminal summary; on
+# CPython 3.11.7 that late import can hit "AST constructor recursion depth mismatch"
+# (a CPython bug fixed in 3.11.8) in pytest's assertion rewriter. Importing it up front
+# (above) avoids the late import.
 
 
 @pytest_asyncio.fixture

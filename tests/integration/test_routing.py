@@ -1,18 +1,27 @@
-"""Tier routing against a real nats-server: gpu while a gpu worker pulls and keeps up."""
+"""Tier routing against a real nats-server: gpu while a registered gpu worker keeps up."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.micro.request import Request
 
-from processors.routing import TierRouter
-from schemas import Message, Subjects, TtsRequest, decode
-from streams import bus, definitions
+from processors import stt
+from processors.announce import announced
+from processors.routing import TierRouter, rescue_stranded
+from processors.spec import Spec
+from schemas import Message, Subjects, TtsRequest, Utterance
+from streams import bus
 from streams.settings import Settings
+from tests.integration.bus_helpers import work_inbox
+from tests.integration.workers import ChildWorker, running
 
 S = Subjects()
 
@@ -24,93 +33,116 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> 
         await asyncio.sleep(0.02)
 
 
+async def _no_status(req: Request) -> None:
+    await req.respond(b"{}")
+
+
+async def _nothing(*_: Any) -> None:
+    return None
+
+
+def spec_of(kind: str) -> Spec:
+    return Spec(kind=kind, accepts=(Message,), load=_nothing, handle=_nothing, tiered=True)
+
+
 @contextlib.asynccontextmanager
-async def gpu_worker_pulling(js: JetStreamContext, kind: str) -> AsyncIterator[list[Message]]:
-    """A worker with a pull request open on ``<kind>-gpu``, as the runtime keeps one.
-
-    Yields the list of messages it takes (and acks).
-    """
-    sub = await js.pull_subscribe_bind(f"{kind}-gpu", stream=definitions.WORK)
-    taken: list[Message] = []
-
-    async def pull() -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                for raw in await sub.fetch(1, timeout=5.0):
-                    await raw.ack()
-                    taken.append(decode(raw.headers, raw.data))
-
-    task = asyncio.create_task(pull())
-
-    async def waiting() -> bool:
-        info = await js.consumer_info(definitions.WORK, f"{kind}-gpu")
-        return (info.num_waiting or 0) > 0
-
-    await until(waiting)
-    try:
-        yield taken
-    finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        await sub.unsubscribe()
+async def gpu_worker_registered(nc: Client, settings: Settings, kind: str) -> AsyncIterator[None]:
+    """A worker's presence as the runtime announces it: micro service with tiers=gpu."""
+    async with announced(nc, spec_of(kind), settings, ("gpu",), None, _no_status):
+        yield
 
 
 async def test_routes_to_cpu_when_no_gpu_worker_exists(
-    settings: Settings, js: JetStreamContext
+    settings: Settings, js: JetStreamContext, nc: Client
 ) -> None:
-    router = TierRouter(js, settings)
+    router = TierRouter(nc, js, settings)
     assert await router.tier_for("stt") == "cpu"
     assert await router.tier_for("tts") == "cpu"
 
 
-async def test_routes_to_gpu_while_a_gpu_worker_is_pulling(
-    settings: Settings, js: JetStreamContext
+async def test_routes_to_gpu_while_a_gpu_worker_is_registered(
+    settings: Settings, js: JetStreamContext, nc: Client
 ) -> None:
-    async with gpu_worker_pulling(js, "stt"):
-        router = TierRouter(js, settings)
+    async with gpu_worker_registered(nc, settings, "stt"):
+        router = TierRouter(nc, js, settings)
         assert await router.tier_for("stt") == "gpu"
         assert await router.tier_for("tts") == "cpu"  # only stt has a gpu worker
 
 
 async def test_routes_to_cpu_when_the_gpu_backlog_reaches_the_limit(
-    settings: Settings, js: JetStreamContext
+    settings: Settings, js: JetStreamContext, nc: Client
 ) -> None:
     settings = settings.model_copy(update={"gpu_queue_limit": 2})
-    router = TierRouter(js, settings, cache_s=0.0)
-    async with gpu_worker_pulling(js, "tts"):
+    router = TierRouter(nc, js, settings, refresh_s=0.0)
+    async with gpu_worker_registered(nc, settings, "tts"):
         assert await router.tier_for("tts") == "gpu"
-    # the worker saw within the grace period, but it stopped taking work: a backlog grows
-    for seq in range(3):
-        await bus.publish(js, S.work("tts", "gpu"), TtsRequest("s", "t", seq, "hi"))
-    assert await router.tier_for("tts") == "cpu"
+        for seq in range(3):  # nobody takes them: a backlog grows
+            await bus.publish(js, S.work("tts", "gpu"), TtsRequest("s", "t", seq, "hi"))
+
+        async def on_cpu() -> bool:
+            return await router.tier_for("tts") == "cpu"
+
+        await until(on_cpu)
+    await router.close()
 
 
-async def test_a_gpu_worker_that_stopped_pulling_is_dropped_after_the_grace_period(
-    settings: Settings, js: JetStreamContext
+async def test_a_gpu_worker_that_goes_away_is_dropped_within_two_seconds(
+    settings: Settings, js: JetStreamContext, nc: Client
 ) -> None:
-    router = TierRouter(js, settings, cache_s=0.0, live_grace_s=0.3)
-    async with gpu_worker_pulling(js, "stt"):
+    router = TierRouter(nc, js, settings)
+    async with gpu_worker_registered(nc, settings, "stt"):
         assert await router.tier_for("stt") == "gpu"
-    assert await router.tier_for("stt") == "gpu"  # busy or between pulls: still live
+    gone = time.monotonic()
 
     async def on_cpu() -> bool:
         return await router.tier_for("stt") == "cpu"
 
     await until(on_cpu)
+    assert time.monotonic() - gone < 2.0
+    await router.close()
 
 
-async def test_consumer_info_is_cached_briefly(settings: Settings, js: JetStreamContext) -> None:
-    now = [0.0]
-    router = TierRouter(js, settings, cache_s=0.5, clock=lambda: now[0])
-    assert await router.tier_for("stt") == "cpu"
-    async with gpu_worker_pulling(js, "stt"):
-        now[0] = 0.4
-        assert await router.tier_for("stt") == "cpu"  # the cached look
-        now[0] = 0.6
-        assert await router.tier_for("stt") == "gpu"
-
-
-async def test_kinds_without_tiers_are_refused(settings: Settings, js: JetStreamContext) -> None:
+async def test_kinds_without_tiers_are_refused(
+    settings: Settings, js: JetStreamContext, nc: Client
+) -> None:
     with pytest.raises(ValueError):
-        await TierRouter(js, settings).tier_for("llm")
+        await TierRouter(nc, js, settings).tier_for("llm")
+
+
+async def test_work_stranded_on_the_gpu_tier_moves_to_cpu(
+    settings: Settings, js: JetStreamContext, nc: Client
+) -> None:
+    for i in range(3):
+        await bus.publish(js, S.work("stt", "gpu"), Utterance("s", f"u{i}"), msg_id=f"s.u{i}.utt")
+    stop = asyncio.Event()
+    router = TierRouter(nc, js, settings)
+    async with work_inbox(js, "stt-cpu") as cpu:
+        task = asyncio.create_task(rescue_stranded(js, router, settings, "stt", stop, 0.1))
+        moved = [await cpu.next(Utterance, timeout=10) for _ in range(3)]
+        stop.set()
+        await task
+    assert sorted(u.turn for u in moved) == ["u0", "u1", "u2"]
+
+
+async def test_killing_the_only_gpu_stt_worker_mid_turn_completes_the_turn_on_cpu(
+    settings: Settings, js: JetStreamContext, nc: Client
+) -> None:
+    from tests.integration.audio_helpers import speak
+
+    fast = settings.model_copy(update={"work_ack_wait_s": 3.0})
+    gpu = ChildWorker("stt", fast, env={"MORGAN_TIERS": "gpu"})
+    await gpu.wait_ready()
+    router = TierRouter(nc, js, fast)
+    await until(lambda: _is(router.tier_for("stt"), "gpu"))
+    utt = Utterance("sess", "u1", pcm=speak("turn on the kitchen lights"))
+    async with running(stt.SPEC, fast, ("cpu",)), work_inbox(js, "llm") as llm:
+        await bus.publish(js, S.work("stt", "gpu"), utt, msg_id="sess.u1.utt")
+        gpu.kill()  # mid-turn: the utterance is queued or in the dead worker's hands
+        request: Message = await llm.next(timeout=60)
+        again = await llm.quiet_for(2.0)
+    assert "kitchen" in getattr(request, "text", "").lower()
+    assert again == []  # transcribed once
+
+
+async def _is(value: Awaitable[str], want: str) -> bool:
+    return await value == want
