@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from processors import hardware, models
+from processors import hardware, models, routing
+from processors.routing import TierRouter
+from schemas.subjects import TIERED_KINDS
 from streams import bus, definitions
 from streams.settings import Settings
 
@@ -64,6 +66,15 @@ async def report(settings: Settings) -> int:
                 )
             except Exception:
                 pass
+        print("routing (live workers from $SRV.PING, the registry every producer asks)")
+        router = TierRouter(nc, js, settings)
+        for kind in ("vad", "stt", "llm", "tts"):
+            live = await routing.live_tiers(nc, kind)
+            line = f"  {kind:<4} live worker tiers: {','.join(sorted(live)) or 'none'}"
+            if kind in TIERED_KINDS:
+                line += f" -> work goes to {await router.tier_for(kind)}"
+            print(line)
+        await router.close()
     except Exception as exc:
         ok = False
         print(f"  error: {exc}")
