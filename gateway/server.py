@@ -1,0 +1,76 @@
+"""Run the gateway under uvicorn: in process (``start``) or as the program (``run``).
+
+srv = await start(settings)      # port 0 -> a free port; srv.url is the real one
+...
+await srv.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import uvicorn
+
+from gateway.app import create_app
+from streams.settings import Settings
+
+
+@dataclass
+class RunningGateway:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(self.task, timeout)
+        except TimeoutError:
+            self.server.force_exit = True
+            await self.task
+
+
+def config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        ws="websockets-sansio",
+        lifespan="on",
+        log_level=settings.log_level.lower(),
+        ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
+    )
+
+
+async def start(settings: Settings, *, timeout: float = 15.0) -> RunningGateway:
+    """Serve in this event loop; returns once the socket listens."""
+    server = uvicorn.Server(config(settings))
+    task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not server.started:  # uvicorn has no start event: poll with a deadline
+        if task.done():
+            await task
+            raise RuntimeError("the gateway stopped during start-up")
+        if asyncio.get_running_loop().time() > deadline:
+            server.should_exit = True
+            raise TimeoutError(f"the gateway did not start in {timeout} s")
+        await asyncio.sleep(0.01)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    return RunningGateway(server, task, settings.http_host or host, port)
+
+
+async def run(settings: Settings) -> None:
+    """Serve until interrupted, printing the page's URL."""
+    srv = await start(settings)
+    print(f"Morgan gateway: {srv.url}/  (WebSocket {srv.ws_url})", flush=True)
+    await srv.task

@@ -1,0 +1,283 @@
+"""One WebSocket voice session (docs/protocol.md is the client's view).
+
+Client -> bus: ``session.start`` claims the session for a VAD worker; binary
+frames go to ``audio.in.<sid>`` numbered from 1; typed text becomes a turn;
+``cancel`` and ``session.end`` go out on the control subject.
+
+Bus -> client: two ordered consumers, one on the session's events, one on its
+reply audio. Events go out as they come (with their stream id); audio goes
+through ``AudioOrder`` so each turn plays in (seq, chunk) order. A cancelled
+turn (client, VAD barge-in on control, or the LLM's event) loses its audio and
+the client hears ``reply.cancelled`` with ``flush`` once.
+
+Resume: the events consumer replays the session from the start, sending only
+ids past ``last_event`` (older ones just rebuild state: cancelled turns,
+reply.done); audio waits for that, then replays from the start and skips what
+``AlreadySent`` says the client has. One lock keeps each audio header next to
+its bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from starlette.websockets import WebSocket
+
+from gateway import protocol
+from gateway.audio_order import AlreadySent, AudioOrder
+from gateway.protocol import INPUT_FORMAT, INPUT_RATE, ProtocolError
+from gateway.resume import resume_point
+from gateway.state import Gateway
+from schemas import (
+    AudioChunk,
+    AudioFrame,
+    Cancel,
+    MessageError,
+    ReplyCancelled,
+    ReplyDelta,
+    ReplyDone,
+    SessionClaim,
+    SessionEnd,
+    Transcript,
+    decode,
+)
+from streams import bus
+from streams.definitions import AUDIO, EVENTS
+
+log = logging.getLogger("morgan.gateway.session")
+OUTPUT_RATE = 22050
+"""Reply audio rate the page expects (Piper medium voices); each chunk states its own."""
+EVENTS_CATCH_UP_S = 5.0
+"""On resume, audio waits at most this long for the event replay, seconds."""
+
+
+class Session:
+    def __init__(self, gw: Gateway, ws: WebSocket) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.sid: str | None = None
+        self.frame_seq = 0
+        self.offset = 0
+        self.last_event = 0
+        self.current_turn: str | None = None
+        self.order: AudioOrder[tuple[int, AudioChunk]] = AudioOrder()
+        self.sent_before: AlreadySent | None = None
+        self.events_tail = 0
+        self.events_ready = asyncio.Event()
+        self.subs: list[Subscription] = []
+        self.send_lock = asyncio.Lock()
+        self.open = True
+
+    async def run(self) -> None:
+        """Serve the client until it disconnects or ends the session."""
+        self.gw.metrics.active_sessions.inc()
+        try:
+            while self.open:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    if message.get("bytes") is not None:
+                        await self.on_frame(message["bytes"])
+                    elif message.get("text") is not None:
+                        await self.on_text(message["text"])
+                except ProtocolError as exc:
+                    self.gw.metrics.rejections.labels(exc.code).inc()
+                    await self.send(exc.to_client())
+                except (NatsError, TimeoutError) as exc:
+                    log.warning("session %s: bus unavailable: %s", self.sid, exc)
+                    await self.send(protocol.unavailable(exc))
+        finally:
+            self.open = False
+            for sub in self.subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:  # the connection may be gone already
+                    log.debug("unsubscribe: %s", exc)
+            self.gw.metrics.active_sessions.dec()
+
+    async def on_text(self, raw: str) -> None:
+        msg = protocol.parse(raw)
+        if isinstance(msg, protocol.Start):
+            await self.start(msg)
+        elif isinstance(msg, protocol.End):
+            await self.end()
+        elif self.sid is None:
+            raise ProtocolError("no_session", "send session.start first")
+        elif isinstance(msg, protocol.Text):
+            self.current_turn = await self.gw.typed_turn(self.sid, msg.text)
+        else:
+            await self.client_cancel(self.sid)
+
+    async def start(self, msg: protocol.Start) -> None:
+        if self.sid is not None:
+            raise ProtocolError("already_started", f"session {self.sid} is already started")
+        resumed = msg.session_id is not None
+        sid = msg.session_id or uuid.uuid4().hex
+        s, js = self.gw.subjects, self.gw.js
+        async with self.send_lock:  # replayed events wait until session.ready is out
+            self.sid = sid
+            try:
+                if resumed:
+                    await self._prepare_resume(sid, msg)
+                else:
+                    self.events_ready.set()
+                self.subs.append(await self.gw.nc.subscribe(s.control(sid), cb=self.on_control))
+                self.subs.append(await self._replay(EVENTS, s.events(sid), self.on_event))
+                self.subs.append(await self._replay(AUDIO, s.audio_out(sid), self.on_audio))
+                claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
+                await bus.publish(js, s.work("vad"), claim, msg_id=f"claim.{sid}")
+            except BaseException:
+                self.sid = None
+                for sub in self.subs:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                self.subs.clear()
+                raise
+            ready = protocol.ready(sid, resumed, OUTPUT_RATE)
+            await self._write(ready)
+
+    async def _prepare_resume(self, sid: str, msg: protocol.Start) -> None:
+        point = await resume_point(self.gw.js, self.gw.subjects, sid, msg.last_audio)
+        self.last_event = msg.last_event
+        self.frame_seq, self.offset = point.frame_seq, point.offset
+        self.events_tail, self.sent_before = point.events_tail, point.sent_before
+        if self.events_tail == 0:
+            self.events_ready.set()
+
+    async def _replay(self, stream: str, subject: str, cb: Any) -> Subscription:
+        """An ordered consumer over the session's subject, from the stream's start."""
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        sub: Subscription = await self.gw.js.subscribe(
+            subject, stream=stream, cb=cb, ordered_consumer=True, config=config
+        )
+        return sub
+
+    async def on_frame(self, data: bytes) -> None:
+        if self.sid is None:
+            raise ProtocolError("no_session", "send session.start before audio")
+        protocol.check_frame(data, self.gw.settings.max_frame_bytes)
+        self.frame_seq += 1
+        frame = AudioFrame(self.sid, self.frame_seq, self.offset, data)
+        subject = self.gw.subjects.audio_in(self.sid)
+        await bus.publish(self.gw.js, subject, frame, msg_id=f"{self.sid}.f{self.frame_seq}")
+        self.offset += len(data) // 2
+        self.gw.metrics.frames_in.inc()
+
+    async def client_cancel(self, sid: str) -> None:
+        turn = self.current_turn
+        if turn is None or self.order.is_cancelled(turn):
+            return  # nothing playing: cancelling is idempotent
+        await bus.publish_core(
+            self.gw.nc, self.gw.subjects.control(sid), Cancel(sid, turn, "client")
+        )
+        await self.cancel_turn(turn, "client")
+
+    async def end(self) -> None:
+        if self.sid is not None:
+            await bus.publish_core(
+                self.gw.nc, self.gw.subjects.control(self.sid), SessionEnd(self.sid)
+            )
+        self.open = False
+        await self.ws.close(1000, "session ended")
+
+    async def cancel_turn(self, turn: str, reason: str) -> None:
+        """Drop the turn's audio and tell the client once; record it on EVENTS for resume."""
+        if self.sid is None or not self.order.cancel(turn):
+            return
+        await self.send(
+            {"type": ReplyCancelled.TYPE, "turn": turn, "reason": reason, "flush": True}
+        )
+        event = ReplyCancelled(self.sid, turn, reason)
+        subject = self.gw.subjects.events(self.sid, event.TYPE)
+        await bus.publish(self.gw.js, subject, event, msg_id=f"{self.sid}.{turn}.cancelled")
+
+    # --- bus -> client (each subscription's callbacks run one at a time) ---
+
+    async def on_control(self, raw: Msg) -> None:
+        try:
+            msg = decode(raw.headers, raw.data)
+            if isinstance(msg, Cancel) and msg.sid == self.sid:
+                await self.cancel_turn(msg.turn, msg.reason)
+        except MessageError as exc:
+            log.debug("session %s: ignoring control message: %s", self.sid, exc)
+        except Exception:
+            log.exception("session %s: control message", self.sid)
+
+    async def on_event(self, raw: Msg) -> None:
+        event_id = raw.metadata.sequence.stream
+        try:
+            await self._event(event_id, raw)
+        except Exception:
+            log.exception("session %s: event %s", self.sid, event_id)
+        finally:
+            if event_id >= self.events_tail:
+                self.events_ready.set()
+
+    async def _event(self, event_id: int, raw: Msg) -> None:
+        try:
+            event = decode(raw.headers, raw.data)
+        except MessageError as exc:
+            log.warning("session %s: bad event %s: %s", self.sid, event_id, exc)
+            return
+        fresh = event_id > self.last_event  # older ones only rebuild state on resume
+        turn = str(getattr(event, "turn", ""))
+        if isinstance(event, ReplyCancelled):
+            if self.order.cancel(turn) and fresh:
+                await self.send({**event.to_client(), "id": event_id, "flush": True})
+            return
+        if isinstance(event, ReplyDone):
+            self.order.done(turn, event.sentences)
+        if isinstance(event, Transcript | ReplyDelta | ReplyDone):
+            self.current_turn = turn
+        if fresh:
+            await self.send({**event.to_client(), "id": event_id})
+            self.gw.metrics.events_out.inc()
+
+    async def on_audio(self, raw: Msg) -> None:
+        if not self.events_ready.is_set():  # cancelled turns are known before audio replays
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.events_ready.wait(), EVENTS_CATCH_UP_S)
+        stream_id = raw.metadata.sequence.stream
+        try:
+            chunk = decode(raw.headers, raw.data)
+            if not isinstance(chunk, AudioChunk):
+                return
+            if self.sent_before is not None:
+                self.sent_before.note(chunk.turn, chunk.seq, chunk.chunk, chunk.last, stream_id)
+            key = (chunk.seq, chunk.chunk, chunk.last)
+            for ready_id, ready in self.order.add(chunk.turn, *key, (stream_id, chunk)):
+                if self.sent_before is None or not self.sent_before.has(ready_id):
+                    await self.send_audio(ready_id, ready)
+        except Exception:
+            log.exception("session %s: audio %s", self.sid, stream_id)
+
+    async def send_audio(self, stream_id: int, chunk: AudioChunk) -> None:
+        async with self.send_lock:
+            await self._write(protocol.audio_header(stream_id, chunk), chunk.pcm)
+        self.gw.metrics.audio_chunks_out.inc()
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self._write(obj)
+
+    async def _write(self, obj: dict[str, Any], pcm: bytes | None = None) -> None:
+        if not self.open:
+            return
+        try:
+            await self.ws.send_text(json.dumps(obj, separators=(",", ":")))
+            if pcm is not None:
+                await self.ws.send_bytes(pcm)
+        except Exception as exc:  # the client went away mid-send
+            log.debug("session %s: send failed: %s", self.sid, exc)
+            self.open = False

@@ -1,0 +1,180 @@
+// Morgan's browser client. Protocol: docs/protocol.md. No build step.
+"use strict";
+
+const FRAME_SAMPLES = 512; // 32 ms at 16 kHz
+const $ = (id) => document.getElementById(id);
+const apiKey = new URLSearchParams(location.search).get("api_key");
+
+// Microphone: an AudioWorklet turns Float32 samples into Int16 frames of 32 ms.
+const WORKLET = `
+class Pcm16 extends AudioWorkletProcessor {
+  constructor() { super(); this.buf = new Int16Array(${FRAME_SAMPLES}); this.n = 0; }
+  process(inputs) {
+    const ch = inputs[0] && inputs[0][0];
+    if (!ch) return true;
+    for (let i = 0; i < ch.length; i++) {
+      const s = Math.max(-1, Math.min(1, ch[i]));
+      this.buf[this.n++] = s < 0 ? s * 0x8000 : s * 0x7fff;
+      if (this.n === this.buf.length) {
+        this.port.postMessage(this.buf.buffer, [this.buf.buffer]);
+        this.buf = new Int16Array(${FRAME_SAMPLES}); this.n = 0;
+      }
+    }
+    return true;
+  }
+}
+registerProcessor("pcm16", Pcm16);`;
+
+const state = {
+  ws: null, sessionId: null, lastEvent: 0, lastAudio: 0, ended: false, retry: 0,
+  mic: null, pendingAudio: null, replies: new Map(), outRate: 22050,
+};
+
+// ---- reply playback: AudioBuffers scheduled back to back ----
+const player = { ctx: null, next: 0, sources: new Set() };
+
+function play(header, bytes) {
+  if (!player.ctx) player.ctx = new AudioContext();
+  const pcm = new Int16Array(bytes);
+  if (pcm.length === 0) return;
+  const buf = player.ctx.createBuffer(1, pcm.length, header.rate);
+  const data = buf.getChannelData(0);
+  for (let i = 0; i < pcm.length; i++) data[i] = pcm[i] / 0x8000;
+  const src = player.ctx.createBufferSource();
+  src.buffer = buf;
+  src.connect(player.ctx.destination);
+  const at = Math.max(player.next, player.ctx.currentTime + 0.05);
+  src.start(at);
+  player.next = at + buf.duration;
+  player.sources.add(src);
+  src.onended = () => player.sources.delete(src);
+}
+
+function flush() {
+  for (const src of player.sources) { try { src.stop(); } catch (_) { /* not started */ } }
+  player.sources.clear();
+  player.next = 0;
+}
+
+const playing = () => player.sources.size > 0;
+
+// ---- transcript view ----
+function line(cls, text) {
+  const div = document.createElement("div");
+  div.className = cls;
+  div.textContent = text;
+  $("log").appendChild(div);
+  div.scrollIntoView({ block: "end" });
+  return div;
+}
+
+function reply(turn) {
+  if (!state.replies.has(turn)) state.replies.set(turn, line("bot", ""));
+  return state.replies.get(turn);
+}
+
+function onEvent(msg) {
+  if (typeof msg.id === "number") state.lastEvent = Math.max(state.lastEvent, msg.id);
+  switch (msg.type) {
+    case "session.ready":
+      state.sessionId = msg.session_id;
+      state.outRate = msg.output.rate;
+      state.retry = 0;
+      $("status").textContent = msg.resumed ? "resumed" : "connected";
+      $("talk").disabled = false;
+      break;
+    case "vad.speech_started": $("vad").textContent = "listening…"; break;
+    case "vad.speech_stopped": $("vad").textContent = "thinking…"; break;
+    case "transcript": line("user", msg.text); break;
+    case "reply.delta": reply(msg.turn).textContent += msg.text; $("vad").textContent = ""; break;
+    case "reply.done": reply(msg.turn).textContent = msg.text; break;
+    case "reply.cancelled":
+      if (msg.flush) flush();
+      if (state.replies.has(msg.turn)) state.replies.get(msg.turn).classList.add("cancelled");
+      break;
+    case "error": line("err", `${msg.code}: ${msg.message}`); break;
+    case "audio": state.pendingAudio = msg; break;
+  }
+}
+
+// ---- the WebSocket, resumed after a drop ----
+function connect() {
+  const url = new URL("/ws", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  if (apiKey) url.searchParams.set("api_key", apiKey);
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  state.ws = ws;
+  ws.onopen = () => {
+    const start = { type: "session.start", rate: 16000, format: "s16le", channels: 1 };
+    if (state.sessionId) {
+      Object.assign(start, { session_id: state.sessionId, last_event: state.lastEvent,
+                             last_audio: state.lastAudio });
+    }
+    ws.send(JSON.stringify(start));
+  };
+  ws.onmessage = (ev) => {
+    if (typeof ev.data === "string") { onEvent(JSON.parse(ev.data)); return; }
+    const header = state.pendingAudio;
+    state.pendingAudio = null;
+    if (!header) return;
+    state.lastAudio = header.id;
+    play(header, ev.data);
+  };
+  ws.onclose = (ev) => {
+    $("talk").disabled = true;
+    if (state.ended) { $("status").textContent = "session ended"; return; }
+    const wait = Math.min(500 * 2 ** state.retry++, 8000);
+    $("status").textContent = `disconnected (${ev.code}); retrying in ${wait / 1000} s`;
+    setTimeout(connect, wait);
+  };
+}
+
+function send(obj) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(obj));
+}
+
+// ---- microphone ----
+async function startMic() {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+  });
+  const ctx = new AudioContext({ sampleRate: 16000 });
+  const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
+  await ctx.audioWorklet.addModule(url);
+  const node = new AudioWorkletNode(ctx, "pcm16");
+  node.port.onmessage = (ev) => {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(ev.data);
+  };
+  ctx.createMediaStreamSource(stream).connect(node);
+  state.mic = { stream, ctx };
+}
+
+function stopMic() {
+  if (!state.mic) return;
+  state.mic.stream.getTracks().forEach((t) => t.stop());
+  state.mic.ctx.close();
+  state.mic = null;
+}
+
+$("talk").onclick = async () => {
+  if (!player.ctx) player.ctx = new AudioContext(); // created on a click, so it may play
+  if (state.mic) { stopMic(); $("talk").textContent = "Talk"; $("talk").classList.remove("on"); return; }
+  try {
+    await startMic();
+    $("talk").textContent = "Stop"; $("talk").classList.add("on");
+  } catch (err) { line("err", `microphone: ${err.message}`); }
+};
+
+$("typed").onsubmit = (ev) => {
+  ev.preventDefault();
+  const text = $("text").value.trim();
+  if (!text) return;
+  if (!player.ctx) player.ctx = new AudioContext();
+  if (playing()) send({ type: "cancel" });
+  send({ type: "text", text });
+  $("text").value = "";
+};
+
+window.addEventListener("pagehide", () => { state.ended = true; });
+connect();

@@ -1,0 +1,121 @@
+"""POST /api/text: one typed turn, answered with the reply text and its audio as a WAV.
+
+It listens to the session's events and reply audio (core subscriptions, made
+before the turn is published, so nothing is missed), then waits for the
+turn's ``reply.done`` and the last chunk of every sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import uuid
+import wave
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.audio_order import AudioOrder
+from gateway.protocol import ProtocolError, check_session_id, text_of
+from gateway.state import Gateway, new_turn
+from schemas import AudioChunk, ErrorEvent, Message, MessageError, ReplyCancelled, ReplyDone, decode
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_RATE = 22050
+"""WAV rate of a reply with no audio at all (``sentences == 0``), Hertz."""
+
+
+class TurnReply:
+    """Collects one turn's reply: its text, its audio in order, or why it failed."""
+
+    def __init__(self, turn: str) -> None:
+        self.turn = turn
+        self.order: AudioOrder[AudioChunk] = AudioOrder()
+        self.pcm = bytearray()
+        self.rate = DEFAULT_RATE
+        self.text = ""
+        self.failure: str | None = None
+        self.finished = asyncio.Event()
+
+    def add(self, msg: Message) -> None:
+        if getattr(msg, "turn", None) != self.turn:
+            return
+        if isinstance(msg, AudioChunk):
+            for chunk in self.order.add(msg.turn, msg.seq, msg.chunk, msg.last, msg):
+                self.pcm += chunk.pcm
+                self.rate = chunk.rate
+        elif isinstance(msg, ReplyDone):
+            self.text = msg.text
+            self.order.done(msg.turn, msg.sentences)
+        elif isinstance(msg, ReplyCancelled):
+            self.failure = f"reply cancelled ({msg.reason})"
+        elif isinstance(msg, ErrorEvent):
+            self.failure = f"{msg.code}: {msg.message}"
+        if self.failure is not None or self.order.complete(self.turn):
+            self.finished.set()
+
+    async def on_bus(self, raw: Msg) -> None:
+        try:
+            self.add(decode(raw.headers, raw.data))
+        except MessageError:
+            pass  # not ours to judge; the history and processors log bad messages
+
+    def wav(self) -> bytes:
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(self.rate)
+            w.writeframes(bytes(self.pcm))
+        return out.getvalue()
+
+
+async def post_text(request: Request, gw: Gateway) -> JSONResponse:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        return _error(413, "too_large", f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body: Any = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ProtocolError("bad_json", "the body must be a JSON object")
+        text = text_of(body)
+        sid = body.get("session_id")
+        sid = uuid.uuid4().hex if sid is None else check_session_id(sid)
+    except ProtocolError as exc:
+        return _error(422, exc.code, exc.message)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        return _error(422, "bad_json", f"the body must be a JSON object: {exc}")
+
+    turn = new_turn()
+    reply = TurnReply(turn)
+    s = gw.subjects
+    subs = []
+    try:
+        try:
+            subs.append(await gw.nc.subscribe(s.events(sid), cb=reply.on_bus))
+            subs.append(await gw.nc.subscribe(s.audio_out(sid), cb=reply.on_bus))
+            await gw.typed_turn(sid, text, turn)
+        except (NatsError, TimeoutError) as exc:
+            return _error(503, "unavailable", f"the message bus is unavailable: {exc!r}")
+        try:
+            await asyncio.wait_for(reply.finished.wait(), gw.settings.text_timeout_s)
+        except TimeoutError:
+            return _error(504, "timeout", f"no complete reply in {gw.settings.text_timeout_s} s")
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    if reply.failure is not None:
+        return _error(502, "reply_failed", reply.failure)
+    audio = base64.b64encode(reply.wav()).decode()
+    return JSONResponse(
+        {"session_id": sid, "turn": turn, "text": reply.text, "audio_base64": audio}
+    )
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
