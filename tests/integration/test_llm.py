@@ -33,8 +33,7 @@ from schemas import (
 from streams import bus, definitions, embedded
 from streams.settings import Settings
 from tests.integration.bus_helpers import stream_inbox
-from tests.integration.test_routing import gpu_worker_pulling
-from tests.integration.workers import ChildWorker, running
+from tests.integration.workers import ChildWorker, gpu_tier_taker, running
 
 S = Subjects()
 STORY = "Tell me a long story about a brave dragon and a little girl."
@@ -196,10 +195,10 @@ async def test_dialog_memory_bucket_is_created_once_and_shared(
 
 
 async def test_sentences_go_to_the_gpu_tier_while_a_gpu_tts_worker_pulls(
-    settings: Settings, js: JetStreamContext, model: llm_backends.LocalBackend
+    settings: Settings, js: JetStreamContext, nc: Client, model: llm_backends.LocalBackend
 ) -> None:
     async with (
-        gpu_worker_pulling(js, "tts") as taken,
+        gpu_tier_taker(nc, js, settings, "tts") as taken,
         running(spec_for(model, settings), settings),
     ):
         await request(js, "s5", "t1", "Say hello.")

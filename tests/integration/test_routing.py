@@ -21,7 +21,7 @@ from schemas import Message, Subjects, TtsRequest, Utterance
 from streams import bus
 from streams.settings import Settings
 from tests.integration.bus_helpers import work_inbox
-from tests.integration.workers import ChildWorker, running
+from tests.integration.workers import ChildWorker, gpu_tier_taker, running
 
 S = Subjects()
 
@@ -33,6 +33,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> 
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def gpu_worker_registered(nc: Client, settings: Settings, kind: str) -> AsyncIterator[None]:
+    """A live gpu worker of ``kind`` that takes its work."""
+    async with gpu_tier_taker(nc, nc.jetstream(), settings, kind):
+        yield
+
+
 async def _no_status(req: Request) -> None:
     await req.respond(b"{}")
 
@@ -41,14 +48,11 @@ async def _nothing(*_: Any) -> None:
     return None
 
 
-def spec_of(kind: str) -> Spec:
-    return Spec(kind=kind, accepts=(Message,), load=_nothing, handle=_nothing, tiered=True)
-
-
 @contextlib.asynccontextmanager
-async def gpu_worker_registered(nc: Client, settings: Settings, kind: str) -> AsyncIterator[None]:
-    """A worker's presence as the runtime announces it: micro service with tiers=gpu."""
-    async with announced(nc, spec_of(kind), settings, ("gpu",), None, _no_status):
+async def gpu_worker_stuck(nc: Client, settings: Settings, kind: str) -> AsyncIterator[None]:
+    """A live gpu worker (it answers pings) that takes no work: its queue grows."""
+    spec = Spec(kind=kind, accepts=(Message,), load=_nothing, handle=_nothing, tiered=True)
+    async with announced(nc, spec, settings, ("gpu",), None, _no_status):
         yield
 
 
@@ -74,7 +78,7 @@ async def test_routes_to_cpu_when_the_gpu_backlog_reaches_the_limit(
 ) -> None:
     settings = settings.model_copy(update={"gpu_queue_limit": 2})
     router = TierRouter(nc, js, settings, refresh_s=0.0)
-    async with gpu_worker_registered(nc, settings, "tts"):
+    async with gpu_worker_stuck(nc, settings, "tts"):
         assert await router.tier_for("tts") == "gpu"
         for seq in range(3):  # nobody takes them: a backlog grows
             await bus.publish(js, S.work("tts", "gpu"), TtsRequest("s", "t", seq, "hi"))

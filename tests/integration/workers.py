@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,9 +12,17 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.micro.request import Request
+
+from processors.announce import announced
 from processors.runtime import Worker
 from processors.spec import Spec
+from schemas import Message, decode
+from streams import definitions
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +104,39 @@ class ChildWorker:
         assert self.proc.stderr is not None
         self.proc.stderr.close()
         return code
+
+
+@asynccontextmanager
+async def gpu_tier_taker(
+    nc: Client, js: JetStreamContext, settings: Settings, kind: str
+) -> AsyncIterator[list[Message]]:
+    """A gpu-tier worker as the bus sees one: announced with tiers=gpu, pulling
+    ``<kind>-gpu`` and acking. Yields the messages it took."""
+    spec = Spec(kind=kind, accepts=(Message,), load=_nothing, handle=_nothing, tiered=True)
+    sub = await js.pull_subscribe_bind(f"{kind}-gpu", stream=definitions.WORK)
+    taken: list[Message] = []
+
+    async def pull() -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                for raw in await sub.fetch(1, timeout=1.0):
+                    await raw.ack()
+                    taken.append(decode(raw.headers, raw.data))
+
+    async with announced(nc, spec, settings, ("gpu",), None, _empty_status):
+        task = asyncio.create_task(pull())
+        try:
+            yield taken
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            await sub.unsubscribe()
+
+
+async def _nothing(*_: Any) -> None:
+    return None
+
+
+async def _empty_status(req: Request) -> None:
+    await req.respond(b"{}")

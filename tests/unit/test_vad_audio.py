@@ -16,7 +16,7 @@ def model() -> object:
 
 
 def segment(model: object, pcm: bytes) -> list[Started | Ended]:
-    stream = silero.SileroStream(model)  # type: ignore[arg-type]
+    stream = silero.SileroStream(model)
     seg = Segmenter(SegmenterConfig())
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
     out = []

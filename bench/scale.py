@@ -1,0 +1,215 @@
+"""Scaling and failover on namespaced hosts (needs root): prints ratios, not pass/fail.
+
+1. STT throughput (utterances/s) with 1, then 2 STT workers on the same input, in one run.
+2. Tier fallback: from the death of the only gpu-tier STT worker to the first utterance
+   served on the cpu tier, with producers choosing the tier through ``TierRouter``.
+3. ``--chaos N``: N conversations of ``--turns`` turns while processors are killed
+   and restarted at random; turns started/completed/lost/duplicated and p95 latency.
+
+    sudo .venv/bin/python bench/scale.py --utterances 16 --chaos 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from processors.routing import TierRouter
+from schemas import Utterance
+from streams import bus
+from tests.integration.audio_helpers import silence, speak
+from tests.system import netns
+from tests.system.chaos import chaos_run
+from tests.system.deployment import HOSTS, Deployment, start_morgan
+
+PHRASES = ["what is the capital of france", "tell me a fun fact about cats",
+           "how far away is the moon", "name a famous painter"]  # fmt: skip
+
+
+class Transcripts:
+    """Arrival time of each transcript event, by turn id (core NATS, as `nats sub` would)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.changed = asyncio.Event()
+
+    async def on_msg(self, msg: Msg) -> None:
+        turn = (msg.headers or {}).get("Morgan-Turn", "")
+        self.at.setdefault(turn, time.monotonic())
+        self.changed.set()
+
+    async def wait(self, turns: set[str], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not turns <= set(self.at):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def send(nc: Client, tier: str, turn: str, pcm: bytes) -> None:
+    utt = Utterance(sid="bench", turn=turn, rate=16000, first_seq=1, last_seq=1, pcm=pcm)
+    await bus.publish(nc.jetstream(), f"morgan.work.stt.{tier}", utt, msg_id=f"bench.{turn}")
+
+
+async def throughput(nc: Client, seen: Transcripts, pcms: list[bytes], n: int, tag: str) -> float:
+    turns = [f"{tag}{i}" for i in range(n)]
+    started = time.monotonic()
+    for i, turn in enumerate(turns):
+        await send(nc, "cpu", turn, pcms[i % len(pcms)])
+    await seen.wait(set(turns), timeout=60 + 5 * n)
+    return n / (max(seen.at[t] for t in turns) - started)
+
+
+async def stt_scaling(dep: Deployment, pcms: list[bytes], n: int) -> tuple[float, float]:
+    gpu1, gpu2 = dep.net["gpu1"], dep.net["gpu2"]
+    dep.processor("stt-1", gpu1, "stt", MORGAN_TIERS="cpu")
+    await dep.ready()
+    nc = await dep.connect("bench")
+    seen = Transcripts()
+    await nc.subscribe("morgan.events.bench.transcript", cb=seen.on_msg)
+    try:
+        await throughput(nc, seen, pcms, 2, "warm")
+        one = await throughput(nc, seen, pcms, n, "one")
+        dep.processor("stt-2", gpu2, "stt", MORGAN_TIERS="cpu")
+        await dep.ready()
+        two = await throughput(nc, seen, pcms, n, "two")
+    finally:
+        await nc.close()
+    dep.kill("stt-1")
+    dep.kill("stt-2")
+    del dep.workers["stt-1"], dep.workers["stt-2"]
+    return one, two
+
+
+async def tier_fallback(dep: Deployment, pcm: bytes) -> tuple[float, int]:
+    """Seconds from gpu STT death to the first transcript of an utterance sent after it
+    (served by the cpu worker, directly or moved there by ``rescue_stranded``), and how
+    many of those were still routed to the dead gpu tier."""
+    dep.processor("stt-g", dep.net["gpu1"], "stt", MORGAN_TIERS="gpu")
+    dep.processor("stt-c", dep.net["cpu"], "stt", MORGAN_TIERS="cpu")
+    await dep.ready()
+    nc = await dep.connect("bench-fallback")
+    seen = Transcripts()
+    await nc.subscribe("morgan.events.bench.transcript", cb=seen.on_msg)
+    router = TierRouter(nc, nc.jetstream(), dep.settings())
+    try:
+        deadline = time.monotonic() + 10
+        while await router.tier_for("stt") != "gpu":  # the gpu worker is seen pulling
+            assert time.monotonic() < deadline, "the router never chose gpu"
+            await asyncio.sleep(0.1)
+        dep.kill("stt-g")
+        died = time.monotonic()
+        to_gpu, i = 0, 0
+        after: list[str] = []
+        while not any(t in seen.at for t in after):
+            tier = await router.tier_for("stt")
+            turn = f"fb{tier}{i}"
+            await send(nc, tier, turn, pcm)
+            after.append(turn)
+            to_gpu += tier == "gpu"
+            i += 1
+            await asyncio.sleep(0.25)
+            assert time.monotonic() - died < 60, "no utterance served within 60 s"
+        first = min(seen.at[t] for t in after if t in seen.at)
+        return first - died, to_gpu
+    finally:
+        await nc.close()
+        for key in ("stt-g", "stt-c"):
+            dep.kill(key)
+            del dep.workers[key]
+
+
+async def main(args: argparse.Namespace) -> int:
+    reason = netns.available()
+    if reason:
+        print(f"cannot run: {reason}")
+        return 1
+    pcms = [silence(200) + speak(p) + silence(200) for p in PHRASES]
+    results: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        net = netns.Network(HOSTS, Path(tmp)).up()
+        try:
+            dep = Deployment(net)
+            await dep.start_cluster(HOSTS)
+            await dep.apply_definitions()
+            one, two = await stt_scaling(dep, pcms, args.utterances)
+            results.append(
+                f"STT throughput ({args.utterances} utterances): 1 worker {one:.2f} utt/s, "
+                f"2 workers {two:.2f} utt/s -> {two / one:.2f}x (target >= 1.8x)"
+            )
+            print(results[-1], flush=True)
+            fallback, stranded = await tier_fallback(dep, pcms[0])
+            results.append(
+                f"tier fallback: gpu STT death -> first utterance served on cpu {fallback:.2f} s "
+                f"(target < 2 s); {stranded} utterance(s) still routed to gpu after the death"
+            )
+            print(results[-1], flush=True)
+        finally:
+            net.down()
+        if args.chaos:
+            net = netns.Network(HOSTS, Path(tmp) / "chaos").up()
+            try:
+                dep = await start_morgan(net)
+                utts = [silence(300) + speak(p) + silence(900) for p in PHRASES]
+                res = await chaos_run(
+                    dep,
+                    dep.url_of("gw"),
+                    utts,
+                    conversations=args.chaos,
+                    turns=args.turns,
+                    interval_s=args.kill_every,
+                    kill_vad=not args.no_vad,
+                    parallel=args.parallel,
+                )
+                results.append(
+                    f"chaos ({args.chaos} conversations x {args.turns} turns, "
+                    f"{len(res.kills)} kills{'' if not args.no_vad else ', no VAD kills'}, "
+                    f"{res.seconds:.0f} s): {res.tally.line()}"
+                )
+                print(results[-1], flush=True)
+                if res.tally.lost or res.tally.duplicated or res.tally.extra:
+                    print("\n".join(res.turns))
+            finally:
+                net.down()
+    machine = f"{platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+    print(f"machine: {machine}")
+    if args.record:
+        record(args, machine, results)
+    return 0
+
+
+def record(args: argparse.Namespace, machine: str, results: list[str]) -> None:
+    path = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    command = "sudo .venv/bin/python bench/scale.py " + " ".join(sys.argv[1:])
+    text += (
+        f"\n## Multi-host scale and failover (bench/scale.py), {time.strftime('%Y-%m-%d')}\n\n"
+        f"Machine: {machine}. Command: `{command}`\n\n" + "".join(f"- {r}\n" for r in results)
+    )
+    path.write_text(text)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--utterances", type=int, default=16, help="per throughput phase")
+    p.add_argument("--chaos", type=int, default=0, help="conversations in the chaos run")
+    p.add_argument("--turns", type=int, default=3, help="turns per chaos conversation")
+    p.add_argument("--parallel", type=int, default=5, help="chaos conversations at once")
+    p.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
+    p.add_argument("--no-vad", action="store_true", help="never kill VAD workers")
+    p.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse())))
