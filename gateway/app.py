@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from gateway import auth, text_api
+from gateway import auth, presence, text_api
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.overload import Load
 from gateway.session import Session
@@ -50,7 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.gateway = Gateway(settings, nc, js, metrics, load)
         poller = asyncio.create_task(load.run(js))
         try:
-            yield
+            async with presence.registered(settings, nc, settings.http_port):
+                yield
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

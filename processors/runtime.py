@@ -27,7 +27,7 @@ from processors.announce import announced
 from processors.context import Context, Router, Signals
 from processors.routing import TierRouter, rescue_stranded
 from processors.spec import Spec
-from schemas import ErrorEvent, Handoff, MessageError, MorganError, decode
+from schemas import ErrorEvent, Handoff, MessageError, MorganError, Superseded, decode
 from schemas.codec import SESSION_HEADER
 from streams import bus, definitions, tracing
 from streams.config_source import ConfigSource
@@ -194,6 +194,9 @@ class Worker:
         limit = self.spec.max_deliver or self.settings.max_deliver
         if isinstance(error, Handoff):
             await raw.nak()
+            return
+        if isinstance(error, Superseded):
+            log.warning("%s: %s", self.spec.kind, error)
             return
         if error.retryable and (limit < 0 or delivered < limit):
             log.warning("%s: retry %d after %s", self.spec.kind, delivered, error)

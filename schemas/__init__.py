@@ -6,7 +6,7 @@ turns any of them into NATS headers plus a body and back.
 
 from schemas.codec import MessageError, decode, encode
 from schemas.control import Cancel, SessionEnd
-from schemas.errors import BadInput, Handoff, MorganError, Unavailable
+from schemas.errors import BadInput, Handoff, MorganError, Superseded, Unavailable
 from schemas.events import (
     ErrorEvent,
     ReplyCancelled,
@@ -40,6 +40,7 @@ __all__ = [
     "SpeechStarted",
     "SpeechStopped",
     "Subjects",
+    "Superseded",
     "Transcript",
     "TtsRequest",
     "Utterance",

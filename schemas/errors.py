@@ -4,7 +4,8 @@
     ├── MessageError                        malformed bytes/fields: never retryable
     ├── BadInput                            a well-formed request we refuse: never retryable
     ├── Unavailable                         a dependency is down or busy: retryable
-    └── Handoff                             release the work to another worker now: retryable
+    ├── Handoff                             release the work to another worker now: retryable
+    └── Superseded                          another worker owns this work now: drop it silently
 
 The processor runtime alone maps ``retryable`` to nak-with-backoff or term.
 """
@@ -34,3 +35,13 @@ class Handoff(MorganError):
 
     def __init__(self, message: str = "worker stopping") -> None:
         super().__init__(message, retryable=True, code="handoff")
+
+
+class Superseded(MorganError):
+    """Not a failure: this worker lost the work to another (it was cut off, not dead).
+
+    The runtime neither acks nor naks: the message is the new owner's now.
+    """
+
+    def __init__(self, message: str = "another worker owns this now") -> None:
+        super().__init__(message, retryable=False, code="superseded")

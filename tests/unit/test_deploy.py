@@ -694,7 +694,7 @@ def test_traefik_discovers_gateways_in_consul_catalog_only_when_tagged() -> None
 
 
 def gateway_tags() -> list[str]:
-    lines = (DEPLOY / "traefik" / "gateway-tags.txt").read_text().splitlines()
+    lines = (ROOT / "gateway" / "traefik_tags.txt").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -959,7 +959,7 @@ def test_deploy_docs_cover_every_host_and_the_durability_choice() -> None:
         *COMPOSE_HOSTS,
         "sync_interval",
         "stack.yml",
-        "gateway-tags.txt",
+        "traefik_tags.txt",
         "kv-example.json",
         "nats-server -t",
     ):
