@@ -72,7 +72,8 @@ async def throughput(nc: Client, seen: Transcripts, pcms: list[bytes], n: int, t
 
 async def stt_scaling(dep: Deployment, pcms: list[bytes], n: int) -> tuple[float, float]:
     gpu1, gpu2 = dep.net["gpu1"], dep.net["gpu2"]
-    dep.processor("stt-1", gpu1, "stt", MORGAN_TIERS="cpu")
+    # one thread each: the question is how throughput scales with workers, not threads
+    dep.processor("stt-1", gpu1, "stt", MORGAN_TIERS="cpu", MORGAN_STT_THREADS="1")
     await dep.ready()
     nc = await dep.connect("bench")
     seen = Transcripts()
@@ -80,7 +81,7 @@ async def stt_scaling(dep: Deployment, pcms: list[bytes], n: int) -> tuple[float
     try:
         await throughput(nc, seen, pcms, 2, "warm")
         one = await throughput(nc, seen, pcms, n, "one")
-        dep.processor("stt-2", gpu2, "stt", MORGAN_TIERS="cpu")
+        dep.processor("stt-2", gpu2, "stt", MORGAN_TIERS="cpu", MORGAN_STT_THREADS="1")
         await dep.ready()
         two = await throughput(nc, seen, pcms, n, "two")
     finally:

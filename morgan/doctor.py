@@ -39,7 +39,7 @@ async def report(settings: Settings) -> int:
     print("nats")
     ok = True
     try:
-        nc = await bus.connect(settings, "morgan-doctor", connect_timeout=2.0)
+        nc = await bus.connect(settings, "morgan-doctor", connect_timeout=2.0, keep_trying=False)
     except Exception as exc:
         print(f"  {settings.nats_url}: UNREACHABLE ({exc})")
         return 1

@@ -55,7 +55,7 @@ def open_model(settings: Settings, gpu: bool) -> SttModel:
         source,
         device=device,
         compute_type=compute_type,
-        cpu_threads=cpu_threads(),
+        cpu_threads=settings.stt_threads or cpu_threads(),
         local_files_only=True,
     )
     english_only = not whisper.model.is_multilingual

