@@ -3,10 +3,13 @@
 Consumes ``SessionClaim`` from ``<prefix>.work.vad`` and holds it (unacked,
 heartbeated by the runtime) while the session lives; reads the session's frames
 from ``<prefix>.audio.in.<sid>`` through a durable consumer ``vad-<sid>`` that
-it acknowledges only up to audio no utterance can need again. A worker that
-takes the claim over after a crash replays from there, so the same utterance
-gets the same turn id (the seq of the first unacked frame) and JetStream's
-dedup drops a second copy. Emits vad.speech_started / vad.speech_stopped,
+it acknowledges only up to audio no utterance can need again. After each
+utterance it records in KV ``MORGAN_VAD`` where the utterance ended and the
+frame the next turn is named after. A worker that takes the claim over (after
+a crash, or a partition that cut the owner off) replays from the ack floor,
+skips audio already cut, and names the turn in progress the same way, so
+JetStream's dedup drops a second copy; a cut-off owner notices the new
+consumer and stops (``Superseded``). Emits vad.speech_started / vad.speech_stopped,
 publishes ``Utterance`` to ``<prefix>.work.stt.<tier>``, and on speech during
 a reply publishes ``Cancel`` for the previous turn (barge-in).
 """
@@ -15,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
-from nats.js.errors import NotFoundError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, KeyValueConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from processors import silero
 from processors.context import Context
@@ -38,6 +44,7 @@ from schemas import (
     SessionClaim,
     SpeechStarted,
     SpeechStopped,
+    Superseded,
     Utterance,
     decode,
 )
@@ -46,6 +53,23 @@ from streams.settings import Settings
 
 BATCH = 64
 IDLE_POLL_S = 0.25
+OWNER_CHECK_S = 1.0
+"""How often a session's reader checks it still owns the session, seconds."""
+PROGRESS_BUCKET = "MORGAN_VAD"
+"""KV: per session, where the last published utterance ended (``{"end": sample}``)."""
+
+
+async def progress_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
+    try:
+        return await js.key_value(PROGRESS_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=PROGRESS_BUCKET,
+                ttl=settings.audio_max_age_s,
+                replicas=settings.replicas,
+            )
+        )
 
 
 async def load(settings: Settings, tiers: tuple[str, ...]) -> Any:
@@ -82,16 +106,28 @@ class VadSession:
         self.last_turn = ""
         self.hold = False
         """After a takeover, keep every frame until the first utterance is out."""
+        self.done_until = 0
+        """Session sample offset up to which utterances were already published."""
+        self.next_turn = 1
+        """A turn is named after the first frame after the previous utterance (or frame 1),
+        which does not depend on ack timing, so a new owner names it the same."""
+        self.created: object = None
+        """When our session consumer was made: another owner makes a new one."""
+        self.kv: KeyValue | None = None
 
     async def run(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
+        self.kv = await progress_bucket(ctx.js, settings)
         cfg = await self._take_over()
         sub = await ctx.js.pull_subscribe_bind(cfg.durable_name, stream=definitions.AUDIO)
         loop = asyncio.get_running_loop()
-        heard = loop.time()
+        heard = checked = loop.time()
         while not ctx.session_ended(self.sid):
             if ctx.draining:
                 raise Handoff()
+            if loop.time() - checked > OWNER_CHECK_S:
+                await self._check_owner()
+                checked = loop.time()
             try:
                 msgs = await sub.fetch(BATCH, timeout=IDLE_POLL_S)
             except TimeoutError:
@@ -115,14 +151,42 @@ class VadSession:
         try:
             info = await js.consumer_info(definitions.AUDIO, cfg.durable_name)
         except NotFoundError:
-            await js.add_consumer(definitions.AUDIO, cfg)
+            self.created = (await js.add_consumer(definitions.AUDIO, cfg)).created
             return cfg
         await js.delete_consumer(definitions.AUDIO, cfg.durable_name)
         self.hold = True
+        self.done_until, self.next_turn = await self._published_until()
         start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
         cfg = definitions.session_audio_consumer(settings, self.sid, start_seq=start)
-        await js.add_consumer(definitions.AUDIO, cfg)
+        self.created = (await js.add_consumer(definitions.AUDIO, cfg)).created
         return cfg
+
+    async def _published_until(self) -> tuple[int, int]:
+        """Where the previous owner's last published utterance ended (0: none), and the
+        frame its next turn is named after (1 when there was none).
+
+        Acks can be lost (a partition), so the ack floor may lie before audio that
+        was already cut and sent; this marker, written after each utterance is out,
+        keeps that audio from becoming a second turn.
+        """
+        assert self.kv is not None
+        try:
+            entry = await self.kv.get(self.sid)
+        except KeyNotFoundError:
+            return 0, 1
+        progress = json.loads(entry.value or b"{}")
+        return int(progress.get("end", 0)), int(progress.get("next", 1))
+
+    async def _check_owner(self) -> None:
+        """Stop if another worker took the session over (we were cut off, not dead)."""
+        try:
+            info = await self.ctx.js.consumer_info(definitions.AUDIO, f"vad-{self.sid}")
+        except NotFoundError:
+            raise Superseded("session consumer gone: another worker owns it") from None
+        except Exception:
+            return  # cannot tell now (reconnecting): keep going, ask again later
+        if info.created != self.created:
+            raise Superseded("another worker took this session over")
 
     async def _consume(self, msgs: list[Msg]) -> None:
         new: list[_Frame] = []
@@ -134,9 +198,12 @@ class VadSession:
             if not isinstance(frame, AudioFrame) or len(frame.pcm) % 2:
                 await raw.term()  # not audio: never part of an utterance
                 continue
+            n = len(frame.pcm) // 2
+            if frame.offset + n <= self.done_until:  # already cut and sent by the last owner
+                await raw.ack()
+                continue
             if self.seg is None:
                 self.seg = Segmenter(config_of(self.ctx.settings), position=frame.offset)
-            n = len(frame.pcm) // 2
             new.append(_Frame(frame.seq, frame.offset, frame.offset + n, frame.pcm, raw))
         if not new or self.seg is None:
             return
@@ -155,7 +222,7 @@ class VadSession:
             await self._ack(self.seg.safe_ack)
 
     async def _started(self, event: Started) -> None:
-        self.turn = f"u{self.frames[0].seq}"
+        self.turn = f"u{self.next_turn}"
         ms = event.speech_at * 1000 // silero.RATE
         await self.ctx.emit(
             SpeechStarted(self.sid, self.turn, at_ms=ms), msg_id=f"{self.sid}.{self.turn}.started"
@@ -194,8 +261,13 @@ class VadSession:
             await self.ctx.send(
                 subject, utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace
             )
+        after = [f.seq for f in self.frames if f.end > event.end]
+        self.next_turn = after[0] if after else frames[-1].seq + 1
+        assert self.kv is not None
+        progress = {"end": event.end, "turn": self.turn, "next": self.next_turn}
+        await self.kv.put(self.sid, json.dumps(progress).encode())
         self.last_turn, self.turn, self.hold = self.turn, "", False
-        await self._ack(event.end)  # the next turn's id is the next unacknowledged frame
+        await self._ack(event.end)
 
     async def _ack(self, upto: int) -> None:
         """Acknowledge (AckPolicy.ALL) every frame that ends at or before ``upto``."""

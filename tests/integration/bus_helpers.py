@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from schemas import Message, decode
 from streams import definitions
@@ -80,3 +82,29 @@ async def work_inbox(js: JetStreamContext, durable: str) -> AsyncIterator[Inbox]
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 60.0) -> None:
+    """Poll ``check`` (plain or async) until it is true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def stored(js: JetStreamContext, stream: str, subject: str) -> list[Message]:
+    """Every message a stream holds on ``subject``, in order."""
+    out: list[Message] = []
+    seq = 1
+    while True:
+        try:
+            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return out
+        out.append(decode(raw.headers, raw.data or b""))
+        assert raw.seq is not None
+        seq = raw.seq + 1

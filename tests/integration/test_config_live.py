@@ -16,6 +16,7 @@ from streams.config_source import ConfigSource, ensure_bucket, watch_config
 from streams.consul import Consul
 from streams.settings import Settings
 from tests.fakes.consul import FakeConsul
+from tests.integration.bus_helpers import until
 
 WAIT_S = 5.0
 """Blocking-query wait in these tests: a change must arrive well before it."""
@@ -47,13 +48,6 @@ async def next_where(
         got = await asyncio.wait_for(anext(stream), max(0.0, deadline - time.monotonic()))
         if check(got):
             return got
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_consul_config_applies_kind_over_global_and_changes_live(

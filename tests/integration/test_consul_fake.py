@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
 
 from tests.fakes.consul import FakeConsul, parse_duration
+from tests.integration.bus_helpers import until
 
 
 @pytest_asyncio.fixture
@@ -24,13 +25,6 @@ async def fake() -> AsyncIterator[FakeConsul]:
 async def http(fake: FakeConsul) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=f"http://{fake.addr}", timeout=20.0) as client:
         yield client
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def index(r: httpx.Response) -> int:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from schemas import (
 )
 from streams import bus, definitions, embedded
 from streams.settings import Settings
-from tests.integration.bus_helpers import stream_inbox
+from tests.integration.bus_helpers import stream_inbox, until
 from tests.integration.workers import ChildWorker, gpu_tier_taker, running
 
 S = Subjects()
@@ -70,13 +69,6 @@ def spec_for(model: llm_backends.LocalBackend, settings: Settings) -> Spec:
 @pytest_asyncio.fixture
 async def memory(js: JetStreamContext, settings: Settings) -> DialogMemory:
     return await DialogMemory.open(js, settings)
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 120.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def stored(js: JetStreamContext, stream: str, subject: str) -> list[tuple[datetime, Message]]:

@@ -6,24 +6,23 @@ the shipped SmolLM2 GGUF on a free port; Ollama speaks the same protocol.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from processors import llm, llm_backends, models
 from processors.runtime import Worker
-from schemas import ErrorEvent, LlmRequest, Message, ReplyDelta, ReplyDone, Subjects, decode
+from schemas import ErrorEvent, LlmRequest, ReplyDelta, ReplyDone, Subjects
 from streams import bus, definitions
 from streams.settings import Settings
+from tests.integration.bus_helpers import stored, until
 from tests.integration.workers import running
 
 S = Subjects()
@@ -88,26 +87,6 @@ def openai_settings(settings: Settings, url: str, **update: object) -> Settings:
     return settings.model_copy(
         update={"llm_backend": "openai", "llm_url": url, "llm_model": "smollm2", **update}
     )
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 120.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def stored(js: JetStreamContext, stream: str, subject: str) -> list[Message]:
-    out: list[Message] = []
-    seq = 1
-    while True:
-        try:
-            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return out
-        out.append(decode(raw.headers, raw.data or b""))
-        assert raw.seq is not None
-        seq = raw.seq + 1
 
 
 async def settled(js: JetStreamContext) -> bool:

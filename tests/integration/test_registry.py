@@ -6,7 +6,7 @@ import asyncio
 import os
 import platform
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from streams.consul import Consul
 from streams.registry import Registration, backoff, live_services, registered
 from streams.settings import Settings
 from tests.fakes.consul import FakeConsul
+from tests.integration.bus_helpers import until
 
 
 @pytest_asyncio.fixture
@@ -31,13 +32,6 @@ TTL_S = 1.0
 def consul_settings(tmp_path: Path, addr: str, **more: Any) -> Settings:
     fields: dict[str, Any] = {"consul_ttl_s": TTL_S, "consul_deregister_after_s": 0.5, **more}
     return Settings(data_dir=tmp_path, consul_http_addr=addr, **fields)
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 HW = {"cuda": True, "os": "linux", "arch": "x86_64"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -20,17 +20,10 @@ from processors.spec import Spec
 from schemas import Message, Subjects, TtsRequest, Utterance
 from streams import bus
 from streams.settings import Settings
-from tests.integration.bus_helpers import work_inbox
+from tests.integration.bus_helpers import until, work_inbox
 from tests.integration.workers import ChildWorker, gpu_tier_taker, running
 
 S = Subjects()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from processors import stt
 from processors.runtime import Worker
@@ -18,16 +16,15 @@ from schemas import (
     BadInput,
     ErrorEvent,
     LlmRequest,
-    Message,
     ReplyDone,
     Subjects,
     Transcript,
     Utterance,
-    decode,
 )
 from streams import bus, definitions
 from streams.settings import Settings
 from tests.integration.audio_helpers import silence, speak
+from tests.integration.bus_helpers import stored, until
 from tests.integration.workers import running
 
 S = Subjects()
@@ -46,28 +43,6 @@ def spec(model: stt.SttModel) -> Spec:
         return model
 
     return dataclasses.replace(stt.SPEC, load=preloaded)
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def stored(js: JetStreamContext, stream: str, subject: str) -> list[Message]:
-    """Every message a stream holds on ``subject``, in order."""
-    out: list[Message] = []
-    seq = 1
-    while True:
-        try:
-            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return out
-        out.append(decode(raw.headers, raw.data or b""))
-        assert raw.seq is not None
-        seq = raw.seq + 1
 
 
 async def settled(js: JetStreamContext, durable: str = "stt-cpu") -> bool:

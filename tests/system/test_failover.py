@@ -98,12 +98,6 @@ async def test_killing_a_nats_node_mid_conversation_loses_no_turn(
     assert_every_turn_once(talker, healthy)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="when the VAD's NATS node is on the cut host its claim moves and the new VAD "
-    "re-cuts the last utterance under another turn id (turn id = first unacked frame, which "
-    "depends on ack/batch timing), so one utterance becomes two turns: docs/multihost.md gap 2",
-)
 async def test_a_processor_host_partitioned_for_30_s_then_healed_duplicates_no_turn(
     healthy: Deployment, utterances: list[bytes]
 ) -> None:
