@@ -24,8 +24,11 @@ class Inbox:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.headers: list[dict[str, str]] = []
+        """NATS headers of every message received, in order."""
 
     async def on_msg(self, raw: Msg) -> None:
+        self.headers.append(dict(raw.headers or {}))
         await self.queue.put(decode(raw.headers, raw.data))
 
     async def next(self, cls: type[M] = Message, timeout: float = 60.0) -> M:  # type: ignore[assignment]

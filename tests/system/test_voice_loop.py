@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import os
 import re
+import signal
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +91,36 @@ def test_morgan_up_logs_every_part_ready(morgan: MorganUp) -> None:
     for part in ("vad", "stt", "llm", "tts", "gateway"):
         assert f"ready: {part}" in out
     assert Path(morgan.url).name  # served on the chosen port
+
+
+def children(parent: int, needle: str) -> list[int]:
+    """PIDs of ``parent``'s children whose command line contains ``needle``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and needle in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+async def test_a_crashed_processor_is_restarted_and_the_next_turn_works(
+    morgan: MorganUp,
+) -> None:
+    [tts] = children(morgan.proc.pid, "processors tts")
+    readies = "".join(morgan.err).count("tts ready on")
+    os.kill(tts, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while "".join(morgan.err).count("tts ready on") <= readies:
+        assert time.monotonic() < deadline, "tts was not restarted"
+        await asyncio.sleep(0.2)
+    [again] = children(morgan.proc.pid, "processors tts")
+    assert again != tts
+    async with httpx.AsyncClient(base_url=morgan.url, timeout=120) as http:
+        r = await http.post("/api/text", json={"text": "Say hello to my friend Sam."})
+    assert r.status_code == 200 and r.json()["audio_base64"]

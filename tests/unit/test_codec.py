@@ -35,7 +35,8 @@ ALL = sorted(all_message_types(), key=lambda c: c.TYPE)
 
 def test_every_exported_message_type_is_registered() -> None:
     exported = {
-        obj for obj in vars(schemas).values()
+        obj
+        for obj in vars(schemas).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     }
     assert exported <= set(ALL) and len(ALL) >= 14
@@ -68,7 +69,10 @@ def test_json_messages_are_readable_json() -> None:
 @given(st.binary(max_size=200), st.sampled_from([t.TYPE for t in ALL] + ["nope", ""]))
 @settings(max_examples=300, deadline=None)
 def test_junk_never_decodes_to_anything_but_message_error(body: bytes, type_: str) -> None:
-    for headers in ({TYPE_HEADER: type_}, {TYPE_HEADER: type_, META_HEADER: body.decode("latin-1")}):
+    for headers in (
+        {TYPE_HEADER: type_},
+        {TYPE_HEADER: type_, META_HEADER: body.decode("latin-1")},
+    ):
         try:
             decode(headers, body)
         except MessageError as exc:
