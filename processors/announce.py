@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -50,6 +51,22 @@ async def announced(
             model=model,
             nats_client_id=str(nc.client_id),
         ) as reg:
-            yield reg
+            watch = asyncio.create_task(report_bus_health(nc, reg))
+            try:
+                yield reg
+            finally:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
     finally:
         await service.stop()
+
+
+async def report_bus_health(nc: Client, reg: registry.Registration, every_s: float = 1.0) -> None:
+    """A worker cut off from NATS does no work: Consul shows it ``warning`` until back."""
+    while True:
+        if not nc.is_connected and reg.status == registry.PASSING:
+            reg.degraded("NATS disconnected: reconnecting")
+        elif nc.is_connected and reg.status != registry.PASSING:
+            reg.healthy()
+        await asyncio.sleep(every_s)
