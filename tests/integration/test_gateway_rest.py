@@ -38,15 +38,6 @@ Reply = Callable[[LlmRequest], list[Message]]
 
 
 @pytest_asyncio.fixture
-async def gateway(settings: Settings, js: JetStreamContext) -> AsyncIterator[RunningGateway]:
-    srv = await start(settings)
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-@pytest_asyncio.fixture
 async def http(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT * 2) as client:
         yield client

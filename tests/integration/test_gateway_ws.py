@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from nats.aio.client import Client as Nats
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
@@ -41,15 +39,6 @@ from streams.settings import Settings
 
 TIMEOUT = 10.0
 FRAME = b"\x01\x00" * 512  # 32 ms at 16 kHz
-
-
-@pytest_asyncio.fixture
-async def gateway(settings: Settings, js: JetStreamContext) -> AsyncIterator[RunningGateway]:
-    srv = await start(settings)
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
 class Client:

@@ -16,7 +16,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-FRAME = 1024  # bytes: 32 ms at 16 kHz s16le
+from tests.system.morgan_process import send_frames
 
 
 @dataclass
@@ -136,12 +136,7 @@ class Talker:
         return [self.turns[k] for k in self.order if self.turns[k].transcript is not None]
 
     async def send_audio(self, pcm: bytes, realtime: float = 0.0) -> None:
-        start = time.monotonic()
-        for i in range(0, len(pcm), FRAME):
-            await self.ws.send(pcm[i : i + FRAME])
-            if realtime:
-                due = start + (i + FRAME) / 32000 / realtime
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+        await send_frames(self.ws, pcm, realtime)
 
     async def wait_until(self, cond: Any, timeout: float) -> bool:
         try:

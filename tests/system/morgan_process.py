@@ -28,6 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def send_frames(ws: ClientConnection, pcm: bytes, realtime: float = 0.0) -> float:
+    """16 kHz PCM as 32 ms binary frames; ``realtime`` > 0 paces them at that multiple
+    of real time. Returns when the last frame was sent (monotonic clock)."""
+    start = time.monotonic()
+    for i in range(0, len(pcm), FRAME):
+        await ws.send(pcm[i : i + FRAME])
+        if realtime:
+            due = start + (i + FRAME) / 32000 / realtime
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+    return time.monotonic()
+
+
 class MorganUp:
     """Start ``morgan up`` on free ports; stop it with Ctrl-C (SIGINT) as a person would."""
 
@@ -152,13 +164,7 @@ class VoiceClient:
 
     async def send_audio(self, pcm: bytes, realtime: float = 0.0) -> float:
         """Send frames; ``realtime`` > 0 paces them at that multiple of real time."""
-        start = time.monotonic()
-        for i in range(0, len(pcm), FRAME):
-            await self.ws.send(pcm[i : i + FRAME])
-            if realtime:
-                due = start + (i + FRAME) / 32000 / realtime
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-        return time.monotonic()
+        return await send_frames(self.ws, pcm, realtime)
 
     async def wait_for(self, cond: Any, timeout: float = 120.0) -> None:
         async with asyncio.timeout(timeout):
