@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from processors import hardware, models, routing
@@ -12,9 +13,9 @@ from streams import bus, definitions
 from streams.settings import Settings
 
 
-def _check(path_of: object) -> str:
+def _check(path_of: Callable[[], Path]) -> str:
     try:
-        path = path_of()  # type: ignore[operator]
+        path = path_of()
     except Exception as exc:
         return f"MISSING ({exc})"
     return f"{path}" if Path(path).exists() else f"MISSING ({path})"

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TypeVar
 
 from nats.aio.msg import Msg
@@ -99,15 +100,22 @@ async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 60
         await asyncio.sleep(0.02)
 
 
-async def stored(js: JetStreamContext, stream: str, subject: str) -> list[Message]:
-    """Every message a stream holds on ``subject``, in order."""
-    out: list[Message] = []
+async def stored_with_times(
+    js: JetStreamContext, stream: str, subject: str
+) -> list[tuple[datetime, Message]]:
+    """Every message a stream holds on ``subject``, in order, with its store time."""
+    out: list[tuple[datetime, Message]] = []
     seq = 1
     while True:
         try:
             raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
         except NotFoundError:
             return out
-        out.append(decode(raw.headers, raw.data or b""))
-        assert raw.seq is not None
+        assert raw.seq is not None and raw.time is not None
+        out.append((raw.time, decode(raw.headers, raw.data or b"")))
         seq = raw.seq + 1
+
+
+async def stored(js: JetStreamContext, stream: str, subject: str) -> list[Message]:
+    """Every message a stream holds on ``subject``, in order."""
+    return [m for _, m in await stored_with_times(js, stream, subject)]

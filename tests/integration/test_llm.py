@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from processors import llm, llm_backends
 from processors.dialog_memory import DialogMemory, Exchange
@@ -27,11 +25,10 @@ from schemas import (
     ReplyDone,
     Subjects,
     TtsRequest,
-    decode,
 )
-from streams import bus, definitions, embedded
+from streams import bus, definitions
 from streams.settings import Settings
-from tests.integration.bus_helpers import stream_inbox, until
+from tests.integration.bus_helpers import stored, stored_with_times, stream_inbox, until
 from tests.integration.workers import ChildWorker, gpu_tier_taker, running
 
 S = Subjects()
@@ -39,15 +36,9 @@ STORY = "Tell me a long story about a brave dragon and a little girl."
 
 
 @pytest.fixture
-def settings(nats_server: embedded.EmbeddedNats, tmp_path: Path) -> Settings:
+def settings(settings: Settings) -> Settings:
     """Short ack wait, so a killed worker's request comes back within seconds."""
-    return Settings(
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "data",
-        work_ack_wait_s=3.0,
-        http_port=0,
-        llm_max_tokens=60,
-    )
+    return settings.model_copy(update={"work_ack_wait_s": 3.0, "llm_max_tokens": 60})
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +62,8 @@ async def memory(js: JetStreamContext, settings: Settings) -> DialogMemory:
     return await DialogMemory.open(js, settings)
 
 
-async def stored(js: JetStreamContext, stream: str, subject: str) -> list[tuple[datetime, Message]]:
-    """Every message a stream holds on ``subject``, in order, with its store time."""
-    out: list[tuple[datetime, Message]] = []
-    seq = 1
-    while True:
-        try:
-            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return out
-        assert raw.seq is not None and raw.time is not None
-        out.append((raw.time, decode(raw.headers, raw.data or b"")))
-        seq = raw.seq + 1
-
-
 async def events(js: JetStreamContext, sid: str, kind: str) -> list[Message]:
-    return [m for _, m in await stored(js, definitions.EVENTS, S.events(sid, kind))]
+    return await stored(js, definitions.EVENTS, S.events(sid, kind))
 
 
 async def settled(js: JetStreamContext) -> bool:
@@ -104,9 +81,11 @@ async def test_reply_streams_deltas_and_sends_each_sentence_to_tts_before_done(
     async with running(spec_for(model, settings), settings):
         await request(js, "s1", "t1", "What can you do for me?")
         await until(lambda: settled(js))
-    deltas = await stored(js, definitions.EVENTS, S.events("s1", "reply.delta"))
-    [(done_at, done)] = await stored(js, definitions.EVENTS, S.events("s1", "reply.done"))
-    tts = await stored(js, definitions.WORK, S.work("tts", "cpu"))
+    deltas = await stored_with_times(js, definitions.EVENTS, S.events("s1", "reply.delta"))
+    [(done_at, done)] = await stored_with_times(
+        js, definitions.EVENTS, S.events("s1", "reply.done")
+    )
+    tts = await stored_with_times(js, definitions.WORK, S.work("tts", "cpu"))
     assert isinstance(done, ReplyDone) and done.turn == "t1"
     assert len(deltas) >= 1 and all(at <= done_at for at, _ in deltas)
     texts = [d.text for _, d in deltas if isinstance(d, ReplyDelta)]
@@ -239,7 +218,7 @@ async def test_request_redelivered_after_its_worker_is_killed_yields_one_reply(
         assert worker.handled == 1
     [done] = await events(js, "s7", "reply.done")
     deltas = [d for d in await events(js, "s7", "reply.delta") if isinstance(d, ReplyDelta)]
-    tts = [r for _, r in await stored(js, definitions.WORK, S.work("tts", "cpu"))]
+    tts = await stored(js, definitions.WORK, S.work("tts", "cpu"))
     assert isinstance(done, ReplyDone)
     assert deltas_at_kill < len(deltas)
     assert [d.index for d in deltas] == list(range(len(deltas)))  # no duplicates

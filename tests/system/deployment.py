@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,18 @@ class Deployment:
             if not proc.alive:
                 restarted.append(self.start_worker(key, host, args, **env))
         await asyncio.gather(*(p.wait_ready() for p in restarted))
+
+    @asynccontextmanager
+    async def healed(self) -> AsyncIterator[Deployment]:
+        """Every host reachable and every node and worker running, before and after."""
+        for host in self.nodes:
+            self.net.heal(host)
+        await self.restore()
+        try:
+            yield self
+        finally:
+            for host in self.nodes:
+                self.net.heal(host)
 
     async def ready(self) -> None:
         await asyncio.gather(*(w[3].wait_ready() for w in self.workers.values()))

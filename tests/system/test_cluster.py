@@ -40,12 +40,8 @@ def cluster(
 @pytest_asyncio.fixture
 async def healthy(cluster: Deployment) -> AsyncIterator[Deployment]:
     """The cluster with every node up and no faults, before and after each test."""
-    for host in cluster.nodes:
-        cluster.net.heal(host)
-    await cluster.restore()
-    yield cluster
-    for host in cluster.nodes:
-        cluster.net.heal(host)
+    async with cluster.healed():
+        yield cluster
 
 
 def host_of(dep: Deployment, url: str) -> netns.Host:

@@ -49,12 +49,8 @@ def morgan(
 @pytest_asyncio.fixture
 async def healthy(morgan: Deployment) -> AsyncIterator[Deployment]:
     """Every host reachable, every node and worker running, before and after the test."""
-    for host in morgan.nodes:
-        morgan.net.heal(host)
-    await morgan.restore()
-    yield morgan
-    for host in morgan.nodes:
-        morgan.net.heal(host)
+    async with morgan.healed():
+        yield morgan
 
 
 def assert_every_turn_once(talker: Talker, dep: Deployment) -> None:
