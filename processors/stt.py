@@ -60,7 +60,9 @@ def open_model(settings: Settings, gpu: bool) -> SttModel:
     )
     english_only = not whisper.model.is_multilingual
     name = settings.stt_model or "tiny.en"
-    return SttModel(whisper, name, device, compute_type, "en" if english_only else None)
+    model = SttModel(whisper, name, device, compute_type, "en" if english_only else None)
+    transcribe(model, bytes(RATE))  # warm up: the first real utterance is not slower
+    return model
 
 
 async def load(settings: Settings, tiers: tuple[str, ...]) -> SttModel:

@@ -2,14 +2,15 @@
 
 Consumes ``SessionClaim`` from ``<prefix>.work.vad`` and holds it (unacked,
 heartbeated by the runtime) while the session lives; reads the session's frames
-from ``<prefix>.audio.in.<sid>`` through a durable consumer ``vad-<sid>`` that
-it acknowledges only up to audio no utterance can need again. After each
+from ``<prefix>.audio.in.<sid>`` through its own durable consumer ``vad-<sid>-<owner>``
+that it acknowledges only up to audio no utterance can need again. After each
 utterance it records in KV ``MORGAN_VAD`` where the utterance ended and the
 frame the next turn is named after. A worker that takes the claim over (after
-a crash, or a partition that cut the owner off) replays from the ack floor,
-skips audio already cut, and names the turn in progress the same way, so
-JetStream's dedup drops a second copy; a cut-off owner notices the new
-consumer and stops (``Superseded``). Emits vad.speech_started / vad.speech_stopped,
+a crash, or a partition that cut the owner off) replaces the last owner's consumer
+with its own at the same ack floor, skips audio already cut, and names the turn in
+progress the same way, so JetStream's dedup drops a second copy; a cut-off owner
+reads nothing more, and stops (``Superseded``) when it finds its consumer gone or
+its KV write refused. Emits vad.speech_started / vad.speech_stopped,
 publishes ``Utterance`` to ``<prefix>.work.stt.<tier>``, and on speech during
 a reply publishes ``Cancel`` for the previous turn (barge-in).
 """
@@ -26,8 +27,13 @@ from typing import Any
 import numpy as np
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.api import KeyValueConfig
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from processors import silero
@@ -56,7 +62,10 @@ IDLE_POLL_S = 0.25
 OWNER_CHECK_S = 1.0
 """How often a session's reader checks it still owns the session, seconds."""
 PROGRESS_BUCKET = "MORGAN_VAD"
-"""KV: per session, where the last published utterance ended (``{"end": sample}``)."""
+"""KV, per session: its owner (1, 2, ... one more per takeover) and that owner's consumer,
+where the last published utterance ended (``end``, a sample offset), its ``turn``, and
+the frame the ``next`` turn is named after. Written with compare-and-set on the revision:
+a cut-off owner's write fails once a new owner has written."""
 
 
 async def progress_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
@@ -111,15 +120,19 @@ class VadSession:
         self.next_turn = 1
         """A turn is named after the first frame after the previous utterance (or frame 1),
         which does not depend on ack timing, so a new owner names it the same."""
-        self.created: object = None
-        """When our session consumer was made: another owner makes a new one."""
+        self.durable = ""
+        """Our own session consumer: each owner makes a new one and deletes the last."""
         self.kv: KeyValue | None = None
+        self.progress: dict[str, Any] = {}
+        """What KV ``MORGAN_VAD`` holds for the session: owner, consumer, end, turn, next."""
+        self.revision = 0
+        """KV revision of our last write; a write by a newer owner makes ours fail."""
 
     async def run(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
         self.kv = await progress_bucket(ctx.js, settings)
-        cfg = await self._take_over()
-        sub = await ctx.js.pull_subscribe_bind(cfg.durable_name, stream=definitions.AUDIO)
+        await self._take_over()
+        sub = await ctx.js.pull_subscribe_bind(self.durable, stream=definitions.AUDIO)
         loop = asyncio.get_running_loop()
         heard = checked = loop.time()
         while not ctx.session_ended(self.sid):
@@ -137,56 +150,73 @@ class VadSession:
             heard = loop.time()
             await self._consume(msgs)
         with contextlib.suppress(NotFoundError):
-            await ctx.js.delete_consumer(definitions.AUDIO, f"vad-{self.sid}")
+            await ctx.js.delete_consumer(definitions.AUDIO, self.durable)
 
-    async def _take_over(self) -> ConsumerConfig:
+    async def _take_over(self) -> None:
         """Read the session's frames in order from the first one not yet acknowledged.
 
         A dead worker's in-flight frames would only come back after ack_wait, behind
-        newer ones; recreating the consumer at its ack floor replays them in order now.
+        newer ones; a new consumer at the last owner's ack floor replays them in order
+        now. The last owner's consumer is deleted, so if it was only cut off, not dead,
+        its pulls find nothing: it cannot take frames from this owner.
         """
         js, settings = self.ctx.js, self.ctx.settings
-        cfg = definitions.session_audio_consumer(settings, self.sid)
+        await self._read_progress()
+        owner = int(self.progress.get("owner", 0)) + 1
+        start: int | None = None
+        previous = self.progress.get("consumer")
+        if previous:
+            self.hold = True
+            self.done_until = int(self.progress.get("end", 0))
+            self.next_turn = int(self.progress.get("next", 1))
+            with contextlib.suppress(NotFoundError):  # gone: replay all, skip what was cut
+                info = await js.consumer_info(definitions.AUDIO, previous)
+                start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
+                await js.delete_consumer(definitions.AUDIO, previous)
+        cfg = definitions.session_audio_consumer(settings, self.sid, owner, start_seq=start)
         assert cfg.durable_name is not None
-        try:
-            info = await js.consumer_info(definitions.AUDIO, cfg.durable_name)
-        except NotFoundError:
-            self.created = (await js.add_consumer(definitions.AUDIO, cfg)).created
-            return cfg
-        await js.delete_consumer(definitions.AUDIO, cfg.durable_name)
-        self.hold = True
-        self.done_until, self.next_turn = await self._published_until()
-        start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
-        cfg = definitions.session_audio_consumer(settings, self.sid, start_seq=start)
-        self.created = (await js.add_consumer(definitions.AUDIO, cfg)).created
-        return cfg
+        self.durable = cfg.durable_name
+        await self._write_progress(owner=owner, consumer=self.durable)
+        await definitions.ensure_consumer(js, definitions.AUDIO, cfg)
 
-    async def _published_until(self) -> tuple[int, int]:
-        """Where the previous owner's last published utterance ended (0: none), and the
-        frame its next turn is named after (1 when there was none).
+    async def _read_progress(self) -> None:
+        """The session's record in KV: who owned it last, where its last utterance ended
+        and the frame its next turn is named after.
 
         Acks can be lost (a partition), so the ack floor may lie before audio that
-        was already cut and sent; this marker, written after each utterance is out,
+        was already cut and sent; ``end``, written after each utterance is out,
         keeps that audio from becoming a second turn.
         """
         assert self.kv is not None
         try:
             entry = await self.kv.get(self.sid)
         except KeyNotFoundError:
-            return 0, 1
-        progress = json.loads(entry.value or b"{}")
-        return int(progress.get("end", 0)), int(progress.get("next", 1))
+            self.progress, self.revision = {}, 0
+            return
+        self.progress = json.loads(entry.value or b"{}")
+        self.revision = entry.revision or 0
+
+    async def _write_progress(self, **changes: Any) -> None:
+        """Update the record only if no other owner wrote it since we last did."""
+        assert self.kv is not None
+        self.progress = {**self.progress, **changes}
+        value = json.dumps(self.progress).encode()
+        try:
+            if self.revision:
+                self.revision = await self.kv.update(self.sid, value, last=self.revision)
+            else:
+                self.revision = await self.kv.create(self.sid, value)
+        except KeyWrongLastSequenceError:
+            raise Superseded("another worker took this session over") from None
 
     async def _check_owner(self) -> None:
         """Stop if another worker took the session over (we were cut off, not dead)."""
         try:
-            info = await self.ctx.js.consumer_info(definitions.AUDIO, f"vad-{self.sid}")
+            await self.ctx.js.consumer_info(definitions.AUDIO, self.durable)
         except NotFoundError:
             raise Superseded("session consumer gone: another worker owns it") from None
         except Exception:
             return  # cannot tell now (reconnecting): keep going, ask again later
-        if info.created != self.created:
-            raise Superseded("another worker took this session over")
 
     async def _consume(self, msgs: list[Msg]) -> None:
         new: list[_Frame] = []
@@ -263,9 +293,7 @@ class VadSession:
             )
         after = [f.seq for f in self.frames if f.end > event.end]
         self.next_turn = after[0] if after else frames[-1].seq + 1
-        assert self.kv is not None
-        progress = {"end": event.end, "turn": self.turn, "next": self.next_turn}
-        await self.kv.put(self.sid, json.dumps(progress).encode())
+        await self._write_progress(end=event.end, turn=self.turn, next=self.next_turn)
         self.last_turn, self.turn, self.hold = self.turn, "", False
         await self._ack(event.end)
 

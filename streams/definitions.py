@@ -99,14 +99,16 @@ def work_consumers() -> list[WorkConsumer]:
 
 
 def session_audio_consumer(
-    settings: Settings, sid: str, start_seq: int | None = None
+    settings: Settings, sid: str, owner: int = 1, start_seq: int | None = None
 ) -> ConsumerConfig:
     """The VAD's per-session reader of microphone frames; an ack covers all before it.
 
+    ``owner``: which owner of the session this is (1, then one more per takeover); each
+    gets its own consumer, so a cut-off owner's pulls cannot take the new owner's frames.
     ``start_seq``: the AUDIO stream sequence to resume from (a takeover).
     """
     return ConsumerConfig(
-        durable_name=f"vad-{sid}",
+        durable_name=f"vad-{sid}-{owner}",
         filter_subject=Subjects(settings.prefix).audio_in(sid),
         ack_policy=AckPolicy.ALL,
         deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,

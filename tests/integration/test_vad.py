@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 
 import pytest
@@ -120,6 +121,42 @@ async def test_claim_moves_to_another_worker_when_the_first_dies_mid_utterance(
     assert info.state.messages >= 1  # the claim is still held, by the new worker
 
 
+async def test_an_owner_cut_off_past_the_takeover_reads_no_more_frames_and_stops(
+    settings: Settings, js: JetStreamContext, sentence: bytes
+) -> None:
+    """Split brain: the first owner is frozen (SIGSTOP, as a stalled link would leave it)
+    until the claim moved, then wakes while the new owner is reading the session."""
+    mic = Mic(js, settings)
+    first_worker = ChildWorker("vad", settings)
+    try:
+        async with (
+            work_inbox(js, "stt-cpu") as stt,
+            stream_inbox(js, mic.subjects.events(mic.sid)) as events,
+        ):
+            await first_worker.wait_ready()
+            await mic.claim()
+            await mic.send(silence(600) + sentence + silence(1200))
+            first = await stt.next(Utterance)
+            first_worker.proc.send_signal(signal.SIGSTOP)
+            async with running(vad.SPEC, settings) as second:
+                await until(lambda: bool(second.in_flight), timeout=30)  # claim moved
+                first_worker.proc.send_signal(signal.SIGCONT)
+                for _ in range(3):  # speech while both are awake
+                    await mic.send(sentence + silence(1200))
+                    await events.next(SpeechStopped, timeout=30)
+                later = [await stt.next(Utterance) for _ in range(3)]
+                extra = await stt.quiet_for(3.0)
+                await until(lambda: b"another worker" in b"".join(first_worker.log), timeout=10)
+                assert second.in_flight  # the new owner still holds the session
+    finally:
+        first_worker.kill()
+    turns = [u.turn for u in [first, *later]]
+    assert len(set(turns)) == 4 and extra == [], (turns, extra)
+    for utt in later:  # every frame of every utterance reached the new owner
+        assert len(sentence) * 0.9 < len(utt.pcm) < len(sentence) + 2 * 16000
+        assert "short story" in transcribe(utt.pcm).lower()
+
+
 async def test_session_end_releases_the_claim_and_the_session_consumer(
     settings: Settings, js: JetStreamContext, nc: Client
 ) -> None:
@@ -133,7 +170,7 @@ async def test_session_end_releases_the_claim_and_the_session_consumer(
     work = await js.stream_info(definitions.WORK)
     assert work.state.messages == 0
     names = [c.name for c in await js.consumers_info(definitions.AUDIO)]
-    assert f"vad-{mic.sid}" not in names
+    assert not [n for n in names if n.startswith(f"vad-{mic.sid}")]
 
 
 async def test_a_stopping_worker_hands_its_sessions_over_at_once(

@@ -197,6 +197,22 @@ class Deployment:
     async def ready(self) -> None:
         await asyncio.gather(*(w[3].wait_ready() for w in self.workers.values()))
 
+    def diagnose(self) -> str:
+        """Each live node's routes, JetStream health and client connections, and the
+        TCP state of every host's sockets: what to read when a turn goes missing."""
+        parts = []
+        for host in self.nodes:
+            if not self.nats[host.name].alive:
+                continue
+            for path in ("/routez", "/healthz", "/connz?limit=1024&subs=0"):
+                url = f"http://{host.ip}:{HTTP_PORT}{path}"
+                try:
+                    parts.append(f"--- {host.name} {path} ---\n{host.http_get(url)}")
+                except Exception as exc:
+                    parts.append(f"--- {host.name} {path}: {exc!r}")
+            parts.append(f"--- {host.name} ss ---\n{host.run(['ss', '-tino']).stdout}")
+        return "\n".join(parts)
+
     def logs(self) -> str:
         parts = []
         for key, (_, _, _, proc) in self.workers.items():

@@ -117,7 +117,12 @@ async def test_a_processor_host_partitioned_for_30_s_then_healed_duplicates_no_t
         await asyncio.sleep(max(0.0, PARTITION_S - (time.monotonic() - cut_at)))  # hold the cut
         healthy.net.heal(gpu1)
         await healthy.wait_formed()
-        assert await talker.say(utterances[3])
+        healed_at = time.monotonic()
+        done = await talker.say(utterances[3])
+        assert done, (
+            f"turn after the heal ({time.monotonic() - healed_at:.0f} s)\n"
+            f"{talker.describe()}\n{healthy.diagnose()}\n{healthy.logs()}"
+        )
     finally:
         await talker.close()
     assert_every_turn_once(talker, healthy)
