@@ -191,7 +191,7 @@ class Worker:
             heartbeat.cancel()
 
     async def _fail(self, ctx: Context, raw: Msg, error: MorganError, delivered: int) -> None:
-        limit = self.spec.max_deliver or self.settings.max_deliver
+        limit = self._max_deliver(ctx.tier)
         if isinstance(error, Handoff):
             await raw.nak()
             return
@@ -214,9 +214,15 @@ class Worker:
                 code=error.code,
                 message=str(error),
                 turn=(raw.headers or {}).get("Morgan-Turn", ""),
+                retryable=error.retryable,
             )
             with contextlib.suppress(Exception):
                 await ctx.emit(event, msg_id=f"error.{raw.metadata.sequence.stream}")
+
+    def _max_deliver(self, tier: str | None) -> int:
+        """Deliveries the consumer allows (-1: no limit; a VAD's session claim)."""
+        consumer = definitions.WorkConsumer(self.spec.kind, tier).config(self.settings)
+        return consumer.max_deliver if consumer.max_deliver is not None else -1
 
     async def _heartbeat(self, raw: Msg) -> None:
         while True:

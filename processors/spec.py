@@ -35,5 +35,3 @@ class Spec:
     """Messages handled at once by one worker (VAD: sessions held)."""
     describe: Callable[[Any], str] = lambda state: ""
     """A short model description for the service registry."""
-    max_deliver: int | None = None
-    """Overrides the settings' max_deliver for this kind (None = use settings)."""

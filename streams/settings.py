@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     # --- bus ---
     nats_url: str = "nats://127.0.0.1:4222"
     """Comma-separated NATS server URLs; clients reconnect across them. Env: MORGAN_NATS_URL."""
+    nats_ping_s: float = Field(2.0, gt=0)
+    """Seconds between client pings; two unanswered pings mean the server is gone and the
+    client moves to another (about 4-6 s after a node dies or is cut off; nats.py's
+    default, 2 minutes, left clients on a partitioned node for 15 s or more).
+    Env: MORGAN_NATS_PING_S."""
     prefix: str = "morgan"
     """First token of every subject. Env: MORGAN_PREFIX."""
     data_dir: Path = Path.home() / ".local" / "share" / "morgan"
@@ -32,8 +37,11 @@ class Settings(BaseSettings):
     """Seconds a worker may hold work without heartbeat before redelivery."""
     claim_ack_wait_s: float = Field(4.0, gt=0)
     """Seconds before a dead VAD worker's session claim moves to another worker."""
-    max_deliver: int = Field(5, ge=1)
-    """Deliveries of one work message before it is given up. Env: MORGAN_MAX_DELIVER."""
+    max_deliver: int = Field(10, ge=1)
+    """Deliveries of one work message before it is given up; with the runtime's backoff
+    (0.25 s doubling to 8 s) 10 keeps retrying for about 40 s, past a NATS leader
+    election or a 30 s partition. Session claims are never given up. Env:
+    MORGAN_MAX_DELIVER."""
     tiers: str = ""
     """Tiers this host serves, e.g. ``gpu,cpu``; empty = detect. Env: MORGAN_TIERS."""
     gpu_queue_limit: int = Field(8, ge=0)

@@ -1,0 +1,63 @@
+"""The processor runtime's retry rule against a real nats-server: how long it keeps trying."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from processors.context import Context
+from processors.spec import Spec
+from schemas import ErrorEvent, Message, SessionClaim, Subjects, Unavailable, Utterance
+from streams import bus, definitions
+from streams.settings import Settings
+from tests.integration.bus_helpers import stored, until
+from tests.integration.workers import running
+
+S = Subjects()
+
+
+class Flaky:
+    """A handler that fails retryably ``failures`` times, then succeeds."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    async def __call__(self, msg: Message, ctx: Context) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise Unavailable("JetStream temporarily unavailable (as during an election)")
+
+
+async def nothing(settings: Settings, tiers: tuple[str, ...]) -> Any:
+    return None
+
+
+async def test_a_session_claim_is_retried_past_max_deliver_and_never_given_up(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    few = settings.model_copy(update={"max_deliver": 2})
+    await definitions.apply(js, few)
+    flaky = Flaky(failures=4)
+    spec = Spec(kind="vad", accepts=(SessionClaim,), load=nothing, handle=flaky, concurrency=4)
+    async with running(spec, few) as worker:
+        await bus.publish(js, S.work("vad"), SessionClaim("c1"), msg_id="claim.c1")
+        await until(lambda: worker.handled == 1, timeout=30)
+        assert (flaky.calls, worker.failed) == (5, 0)
+    assert await stored(js, definitions.EVENTS, S.events("c1", "error")) == []
+
+
+async def test_work_is_given_up_after_max_deliver_with_an_error_event(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    few = settings.model_copy(update={"max_deliver": 2})
+    await definitions.apply(js, few)
+    flaky = Flaky(failures=4)
+    spec = Spec(kind="stt", accepts=(Utterance,), load=nothing, handle=flaky, tiered=True)
+    utt = Utterance(sid="w1", turn="t1", rate=16000, first_seq=1, last_seq=1, pcm=b"\x00\x00")
+    async with running(spec, few) as worker:
+        await bus.publish(js, S.work("stt", "cpu"), utt, msg_id="w1.t1.utt")
+        await until(lambda: worker.failed == 1, timeout=30)
+        assert (flaky.calls, worker.handled) == (2, 0)
+    [error] = await stored(js, definitions.EVENTS, S.events("w1", "error"))
+    assert isinstance(error, ErrorEvent) and error.retryable and error.turn == "t1"
