@@ -186,7 +186,7 @@ async def main(args: argparse.Namespace) -> int:
                 utts = [silence(300) + speak(p) + silence(900) for p in PHRASES]
                 res = await chaos_run(
                     dep,
-                    dep.url_of("gw"),
+                    [dep.url_of("gw"), dep.url_of("gw2")],
                     utts,
                     conversations=args.chaos,
                     turns=args.turns,

@@ -1,8 +1,10 @@
 """One WebSocket voice session (docs/protocol.md is the client's view).
 
 Client -> bus: ``session.start`` claims the session for a VAD worker; binary
-frames go to ``audio.in.<sid>`` numbered from 1; typed text becomes a turn;
-``cancel`` and ``session.end`` go out on the control subject.
+frames are queued for ``MicPublisher``, which publishes them to ``audio.in.<sid>``
+in order (numbered from 1, contiguous) without holding up this loop; typed text
+becomes a turn; ``cancel`` and ``session.end`` go out on the control subject
+(``session.end`` after the queued audio).
 
 Bus -> client: two ordered consumers, one on the session's events, one on its
 reply audio. Events go out as they come (with their stream id); audio goes
@@ -35,12 +37,12 @@ from starlette.websockets import WebSocket
 
 from gateway import protocol
 from gateway.audio_order import AlreadySent, AudioOrder
+from gateway.mic_publisher import MicPublisher
 from gateway.protocol import INPUT_FORMAT, INPUT_RATE, ProtocolError
 from gateway.resume import resume_point
 from gateway.state import Gateway
 from schemas import (
     AudioChunk,
-    AudioFrame,
     Cancel,
     MessageError,
     ReplyCancelled,
@@ -57,6 +59,10 @@ from streams.definitions import AUDIO, EVENTS
 log = logging.getLogger("morgan.gateway.session")
 OUTPUT_RATE = 22050
 """Reply audio rate the page expects (Piper medium voices); each chunk states its own."""
+REPLAY_HEARTBEAT_S = 1.0
+"""Idle heartbeat of the session's ordered consumers: one lost with its NATS node (they
+are R1, in memory) is rebuilt after two missed beats (nats.py's default 5 s took the
+session's events 15-20 s to come back after a node restart)."""
 EVENTS_CATCH_UP_S = 5.0
 """On resume, audio waits at most this long for the event replay, seconds."""
 
@@ -66,8 +72,7 @@ class Session:
         self.gw = gw
         self.ws = ws
         self.sid: str | None = None
-        self.frame_seq = 0
-        self.offset = 0
+        self.mic: MicPublisher | None = None
         self.last_event = 0
         self.current_turn: str | None = None
         self.order: AudioOrder[tuple[int, AudioChunk]] = AudioOrder()
@@ -99,6 +104,8 @@ class Session:
                     await self.send(protocol.unavailable(exc))
         finally:
             self.open = False
+            if self.mic is not None:  # accepted audio still goes out after a disconnect
+                await self.mic.close(self.gw.settings.audio_backlog_s)
             for sub in self.subs:
                 try:
                     await sub.unsubscribe()
@@ -128,8 +135,9 @@ class Session:
         async with self.send_lock:  # replayed events wait until session.ready is out
             self.sid = sid
             try:
+                frame_seq = offset = 0
                 if resumed:
-                    await self._prepare_resume(sid, msg)
+                    frame_seq, offset = await self._prepare_resume(sid, msg)
                 else:
                     self.events_ready.set()
                 self.subs.append(await self.gw.nc.subscribe(s.control(sid), cb=self.on_control))
@@ -137,6 +145,10 @@ class Session:
                 self.subs.append(await self._replay(AUDIO, s.audio_out(sid), self.on_audio))
                 claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
                 await bus.publish(js, s.work("vad"), claim, msg_id=f"claim.{sid}")
+                backlog = int(self.gw.settings.audio_backlog_s * INPUT_RATE * 2)
+                self.mic = MicPublisher(
+                    js, s.audio_in(sid), sid, seq=frame_seq, offset=offset, limit_bytes=backlog
+                )
             except BaseException:
                 self.sid = None
                 for sub in self.subs:
@@ -147,31 +159,33 @@ class Session:
             ready = protocol.ready(sid, resumed, OUTPUT_RATE)
             await self._write(ready)
 
-    async def _prepare_resume(self, sid: str, msg: protocol.Start) -> None:
+    async def _prepare_resume(self, sid: str, msg: protocol.Start) -> tuple[int, int]:
+        """Replay cursors for the client; the last microphone frame number and offset."""
         point = await resume_point(self.gw.js, self.gw.subjects, sid, msg.last_audio)
         self.last_event = msg.last_event
-        self.frame_seq, self.offset = point.frame_seq, point.offset
         self.events_tail, self.sent_before = point.events_tail, point.sent_before
         if self.events_tail == 0:
             self.events_ready.set()
+        return point.frame_seq, point.offset
 
     async def _replay(self, stream: str, subject: str, cb: Any) -> Subscription:
         """An ordered consumer over the session's subject, from the stream's start."""
         config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         sub: Subscription = await self.gw.js.subscribe(
-            subject, stream=stream, cb=cb, ordered_consumer=True, config=config
+            subject,
+            stream=stream,
+            cb=cb,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=REPLAY_HEARTBEAT_S,
         )
         return sub
 
     async def on_frame(self, data: bytes) -> None:
-        if self.sid is None:
+        if self.sid is None or self.mic is None:
             raise ProtocolError("no_session", "send session.start before audio")
         protocol.check_frame(data, self.gw.settings.max_frame_bytes)
-        self.frame_seq += 1
-        frame = AudioFrame(self.sid, self.frame_seq, self.offset, data)
-        subject = self.gw.subjects.audio_in(self.sid)
-        await bus.publish(self.gw.js, subject, frame, msg_id=f"{self.sid}.f{self.frame_seq}")
-        self.offset += len(data) // 2
+        self.mic.put(data)
         self.gw.metrics.frames_in.inc()
 
     async def client_cancel(self, sid: str) -> None:
@@ -184,6 +198,8 @@ class Session:
         await self.cancel_turn(turn, "client")
 
     async def end(self) -> None:
+        if self.mic is not None:  # the VAD stops at session.end: let it have every frame
+            await self.mic.flushed(self.gw.settings.audio_backlog_s)
         if self.sid is not None:
             await bus.publish_core(
                 self.gw.nc, self.gw.subjects.control(self.sid), SessionEnd(self.sid)

@@ -53,6 +53,8 @@ class EmbeddedNats:
     port: int
     http_port: int
     cluster_port: int | None
+    store_dir: Path
+    """Where its config and JetStream data live: start again here to restart it."""
     log: bytearray = field(default_factory=bytearray)
     _drain: asyncio.Task[None] | None = None
 
@@ -80,6 +82,16 @@ class EmbeddedNats:
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+
+    async def restart(self, timeout: float = 10.0) -> None:
+        """Kill the server, then start it again on the same ports with the same data."""
+        await self.kill()
+        if self._drain is not None:
+            self._drain.cancel()
+        ports = ["-p", str(self.port), "-m", str(self.http_port)]
+        conf = self.store_dir / "nats-server.conf"
+        self.process, self.log, _ = await _launch(conf, ports, timeout)
+        self._drain = asyncio.get_running_loop().create_task(_keep_reading(self.process, self.log))
 
     async def __aenter__(self) -> EmbeddedNats:
         return self
@@ -147,10 +159,29 @@ async def start(
             sync_interval=sync_interval,
         )
     )
+    proc, log, ports = await _launch(conf, [], timeout)
+    srv = EmbeddedNats(
+        process=proc,
+        host=host,
+        port=ports["client"],
+        http_port=ports["http"],
+        cluster_port=ports.get("cluster"),
+        store_dir=store_dir,
+        log=log,
+    )
+    srv._drain = asyncio.get_running_loop().create_task(_keep_reading(proc, log))
+    return srv
+
+
+async def _launch(
+    conf: Path, args: list[str], timeout: float
+) -> tuple[asyncio.subprocess.Process, bytearray, dict[str, int]]:
+    """Run nats-server with ``conf`` (and CLI overrides) until it says it is ready."""
     proc = await asyncio.create_subprocess_exec(
         binary(),
         "-c",
         str(conf),
+        *args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=os.name == "posix",
@@ -166,16 +197,7 @@ async def start(
         raise ServerError(
             f"nats-server did not start: {exc}\n{log.decode(errors='replace')}"
         ) from None
-    srv = EmbeddedNats(
-        process=proc,
-        host=host,
-        port=ports["client"],
-        http_port=ports["http"],
-        cluster_port=ports.get("cluster"),
-        log=log,
-    )
-    srv._drain = asyncio.get_running_loop().create_task(_keep_reading(proc, log))
-    return srv
+    return proc, log, ports
 
 
 async def _read_until_ready(

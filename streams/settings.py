@@ -20,9 +20,8 @@ class Settings(BaseSettings):
     """Comma-separated NATS server URLs; clients reconnect across them. Env: MORGAN_NATS_URL."""
     nats_ping_s: float = Field(2.0, gt=0)
     """Seconds between client pings; two unanswered pings mean the server is gone and the
-    client moves to another (about 4-6 s after a node dies or is cut off; nats.py's
-    default, 2 minutes, left clients on a partitioned node for 15 s or more).
-    Env: MORGAN_NATS_PING_S."""
+    client moves to another: about 4-6 s after a node dies or is cut off (5 s x 3 pings,
+    as before, left clients on a partitioned node for 11-16 s). Env: MORGAN_NATS_PING_S."""
     prefix: str = "morgan"
     """First token of every subject. Env: MORGAN_PREFIX."""
     data_dir: Path = Path.home() / ".local" / "share" / "morgan"
@@ -59,6 +58,10 @@ class Settings(BaseSettings):
     """Pending work past which new requests get 503. Env: MORGAN_MAX_QUEUE_DEPTH."""
     retry_after_s: int = Field(5, ge=1)
     """Retry-After seconds sent with a 503. Env: MORGAN_RETRY_AFTER_S."""
+    audio_backlog_s: float = Field(30.0, gt=0)
+    """Seconds of microphone audio a gateway queues per session while the bus is slow or
+    away; past that new frames are refused with ``audio_backlog``, nothing queued is lost.
+    Env: MORGAN_AUDIO_BACKLOG_S."""
     max_frame_bytes: int = Field(64000, ge=2)
     """Largest accepted binary WebSocket frame, bytes (2 s at 16 kHz)."""
     text_timeout_s: float = Field(60.0, gt=0)

@@ -34,7 +34,7 @@ from schemas import (
     Transcript,
     decode,
 )
-from streams import bus
+from streams import bus, embedded
 from streams.settings import Settings
 
 TIMEOUT = 10.0
@@ -98,15 +98,20 @@ async def listen(nc: Nats, subject: str) -> Subscription:
     return sub
 
 
-async def read_frames(js: JetStreamContext, sid: str, count: int) -> list[AudioFrame]:
+async def read_audio(js: JetStreamContext, sid: str, nbytes: int) -> list[AudioFrame]:
+    """The session's microphone frames on AUDIO until they hold ``nbytes`` of PCM
+    (the gateway may publish several client frames as one), checked contiguous."""
     sub = await js.subscribe(Subjects().audio_in(sid), ordered_consumer=True)
-    out = []
-    for _ in range(count):
+    out: list[AudioFrame] = []
+    while sum(len(f.pcm) for f in out) < nbytes:
         raw = await sub.next_msg(timeout=TIMEOUT)
         frame = decode(raw.headers, raw.data)
         assert isinstance(frame, AudioFrame)
         out.append(frame)
     await sub.unsubscribe()
+    assert [f.seq for f in out] == list(range(1, len(out) + 1))
+    offsets = [sum(len(f.pcm) for f in out[:i]) // 2 for i in range(len(out))]
+    assert [f.offset for f in out] == offsets
     return out
 
 
@@ -140,10 +145,33 @@ async def test_binary_frames_land_on_the_audio_stream_in_order_with_seqs(
     frames = [bytes([i]) * 640 for i in range(1, 6)]
     for frame in frames:
         await client.conn.send(frame)
-    got = await read_frames(js, sid, 5)
-    assert [f.seq for f in got] == [1, 2, 3, 4, 5]
-    assert [f.pcm for f in got] == frames
-    assert [f.offset for f in got] == [0, 320, 640, 960, 1280]
+    got = await read_audio(js, sid, sum(map(len, frames)))
+    assert b"".join(f.pcm for f in got) == b"".join(frames)
+
+
+async def test_audio_sent_while_nats_is_down_reaches_the_stream_in_order_once_it_is_back(
+    gateway: RunningGateway, js: JetStreamContext, nats_server: embedded.EmbeddedNats
+) -> None:
+    client = await open_client(gateway)
+    sid = (await client.start())["session_id"]
+    frames = [i.to_bytes(2, "little") * 256 for i in range(1, 61)]  # 60 frames of 16 ms
+    for frame in frames[:20]:
+        await client.conn.send(frame)
+    await read_audio(js, sid, 20 * 512)
+    await nats_server.kill()  # the gateway's only server: every publish now fails
+    for frame in frames[20:40]:
+        await client.conn.send(frame)
+        await asyncio.sleep(0.016)
+    await nats_server.restart()
+    for frame in frames[40:]:
+        await client.conn.send(frame)
+    got = await read_audio(js, sid, len(frames) * 512)
+    assert b"".join(f.pcm for f in got) == b"".join(frames)
+    # Events flow again too (the session's consumers come back after two missed
+    # heartbeats), and no error was sent for any frame.
+    await client.send({"type": "text", "text": "are you there?"})
+    reply = await client.recv()
+    assert reply["type"] == "transcript", reply
 
 
 async def test_events_reach_the_client_with_stream_ids_in_order(
@@ -257,8 +285,8 @@ async def test_every_bad_input_gets_its_error_and_the_session_still_works(
     await client.send({"type": "text", "text": "   "})
     await expect_error("bad_text")
     await client.conn.send(bytes([2]) * 640)  # accepted: seq 2
-    frames = await read_frames(js, sid, 2)
-    assert [(f.seq, f.pcm[:1]) for f in frames] == [(1, b"\x01"), (2, b"\x02")]
+    frames = await read_audio(js, sid, 1280)
+    assert b"".join(f.pcm for f in frames) == bytes([1]) * 640 + bytes([2]) * 640
     await client.send({"type": "text", "text": "still here?"})
     assert (await client.recv())["text"] == "still here?"
 
@@ -288,7 +316,7 @@ async def test_resume_after_a_disconnect_replays_missed_events_and_audio(
     seen = [await client.recv() for _ in range(2)]
     last_event = next(m["id"] for m in seen if m["type"] == "transcript")
     last_audio = next(m["id"] for m in seen if m["type"] == "audio")
-    await read_frames(js, sid, 2)
+    before = await read_audio(js, sid, 2 * len(FRAME))
     await client.conn.close()
 
     # While the client is away the reply goes on (sentence 1 finishes first).
@@ -306,8 +334,8 @@ async def test_resume_after_a_disconnect_replays_missed_events_and_audio(
     assert events == ["reply.delta", "reply.done"]
     assert audio == [(0, 1), (1, 0)]
     await client.conn.send(FRAME)
-    [*_, third] = await read_frames(js, sid, 3)
-    assert (third.seq, third.offset) == (3, 1024)
+    [*_, third] = await read_audio(js, sid, 3 * len(FRAME))
+    assert (third.seq, third.offset) == (len(before) + 1, 1024)
 
 
 async def test_session_end_publishes_session_end_and_closes_the_socket(

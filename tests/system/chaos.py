@@ -54,7 +54,7 @@ async def _killer(
 
 async def chaos_run(
     dep: Deployment,
-    url: str,
+    urls: list[str],
     utterances: list[bytes],
     *,
     conversations: int,
@@ -64,12 +64,14 @@ async def chaos_run(
     kill_vad: bool = True,
     parallel: int = 0,
 ) -> ChaosResult:
-    """``kill_vad=False`` kills only the stateless kinds (STT, LLM, TTS); ``parallel`` > 0
-    caps the conversations running at once."""
+    """Conversations take turns over ``urls`` (gateways). ``kill_vad=False`` kills only
+    the stateless kinds (STT, LLM, TTS); ``parallel`` > 0 caps the conversations running
+    at once."""
     gate = asyncio.Semaphore(parallel or conversations)
 
     async def one(i: int) -> tuple[Tally, str]:
         async with gate:
+            url = urls[i % len(urls)]
             return await _conversation(url, utterances, turns, random.Random(seed + i))
 
     rng = random.Random(seed)

@@ -26,6 +26,10 @@ NATS_PORT = 4222
 HTTP_PORT = 8222
 ROUTE_PORT = 6222
 GATEWAY_PORT = 8080
+DELAY_PORT = 14222
+"""First port of the delay proxies a slow client's host runs (one per node)."""
+LINK_DELAY_MS = 40.0
+"""Added latency each way between the second gateway and every NATS node."""
 READY = {"gateway": b"Morgan gateway:", "nats": b"nats-server "}
 
 FAST_FAILOVER = {
@@ -151,6 +155,16 @@ class Deployment:
         self.workers[key] = (host, args, env, proc)
         return proc
 
+    async def delayed_urls(self, host: Host, ms: float) -> str:
+        """NATS URLs for a client on ``host`` whose every byte to or from any node takes
+        ``ms`` longer each way (a delay proxy per node, run on ``host``)."""
+        proxies = [
+            self.net.delay(host, DELAY_PORT + i, f"{node.ip}:{NATS_PORT}", ms)
+            for i, node in enumerate(self.nodes)
+        ]
+        await asyncio.gather(*(p.wait_ready(30) for p in proxies))
+        return ",".join(f"nats://{host.ip}:{DELAY_PORT + i}" for i in range(len(proxies)))
+
     def processor(self, key: str, host: Host, kind: str, **env: str) -> Proc:
         return self.start_worker(key, host, ["-m", "processors", kind], **env)
 
@@ -226,7 +240,8 @@ HOSTS = ["cpu", "gpu1", "gpu2"]
 async def start_morgan(net: Network, **env: str) -> Deployment:
     """The failover topology: NATS on every host; VAD, LLM and the cpu tier of STT/TTS
     on ``cpu``; gpu-tier STT/TTS (declared by MORGAN_TIERS=gpu) on ``gpu1`` and ``gpu2``;
-    a second VAD on ``gpu2``; the gateway ``gw`` on ``cpu``."""
+    a second VAD on ``gpu2``; the gateway ``gw`` on ``cpu`` and a second one, ``gw2``,
+    on ``gpu2`` that reaches every NATS node through a link 40 ms slower each way."""
     dep = Deployment(net, extra_env={**FAST_FAILOVER, **env})
     await dep.start_cluster(HOSTS)
     await dep.apply_definitions()
@@ -241,6 +256,7 @@ async def start_morgan(net: Network, **env: str) -> Deployment:
     dep.processor("tts-gpu2", gpu2, "tts", MORGAN_TIERS="gpu")
     dep.processor("vad-b", gpu2, "vad")
     dep.gateway("gw", cpu)
+    dep.gateway("gw2", gpu2, MORGAN_NATS_URL=await dep.delayed_urls(gpu2, LINK_DELAY_MS))
     await dep.ready()
     return dep
 
