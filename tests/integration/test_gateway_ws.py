@@ -174,6 +174,30 @@ async def test_audio_sent_while_nats_is_down_reaches_the_stream_in_order_once_it
     assert reply["type"] == "transcript", reply
 
 
+async def test_audio_past_the_backlog_limit_is_refused_and_what_was_accepted_still_arrives(
+    settings: Settings, js: JetStreamContext, nats_server: embedded.EmbeddedNats
+) -> None:
+    small = settings.model_copy(update={"audio_backlog_s": 0.1})  # 3200 bytes
+    gw = await start(small)
+    try:
+        client = await open_client(gw)
+        sid = (await client.start())["session_id"]
+        await nats_server.kill()
+        for i in range(1, 4):  # 3 x 1024 bytes: queued
+            await client.conn.send(bytes([i]) * 1024)
+        await client.conn.send(bytes([9]) * 1024)  # would make 4096: refused
+        error = await client.recv()
+        assert (error["type"], error["code"]) == ("error", "audio_backlog"), error
+        await nats_server.restart()
+        got = await read_audio(js, sid, 3 * 1024)
+        assert b"".join(f.pcm for f in got) == b"".join(bytes([i]) * 1024 for i in range(1, 4))
+        await client.conn.send(bytes([4]) * 1024)  # the session goes on
+        got = await read_audio(js, sid, 4 * 1024)
+        assert got[-1].pcm[-1:] == b"\x04"
+    finally:
+        await gw.stop()
+
+
 async def test_events_reach_the_client_with_stream_ids_in_order(
     gateway: RunningGateway, js: JetStreamContext
 ) -> None:

@@ -230,7 +230,7 @@ class Deployment:
     def logs(self) -> str:
         parts = []
         for key, (_, _, _, proc) in self.workers.items():
-            parts.append(f"--- {key} ---\n{proc.log(2000)}")
+            parts.append(f"--- {key} ---\n{proc.log(6000)}")
         return "\n".join(parts)
 
 

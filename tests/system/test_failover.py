@@ -53,6 +53,15 @@ async def healthy(morgan: Deployment) -> AsyncIterator[Deployment]:
         yield morgan
 
 
+async def say(talker: Talker, dep: Deployment, pcm: bytes, timeout: float = 90.0) -> None:
+    """Speak and wait for the complete reply; on failure, show what every part was doing."""
+    started = time.monotonic()
+    assert await talker.say(pcm, timeout=timeout), (
+        f"no complete reply in {time.monotonic() - started:.0f} s\n{talker.describe()}\n"
+        f"{dep.diagnose()}\n{dep.logs()}"
+    )
+
+
 def assert_every_turn_once(talker: Talker, dep: Deployment) -> None:
     tally = talker.tally()
     print(tally.line())
@@ -70,7 +79,7 @@ async def test_a_conversation_across_three_hosts_gets_every_reply_once(
     talker = await Talker.open(healthy.url_of("gw"))
     try:
         for pcm in utterances[:2]:
-            assert await talker.say(pcm), healthy.logs()
+            await say(talker, healthy, pcm)
     finally:
         await talker.close()
     assert_every_turn_once(talker, healthy)
@@ -85,7 +94,7 @@ async def test_a_gateway_40_ms_from_every_node_serves_a_conversation_once(
     talker = await Talker.open(healthy.url_of("gw2"))
     try:
         for pcm in utterances[:2]:
-            assert await talker.say(pcm), healthy.logs()
+            await say(talker, healthy, pcm)
     finally:
         await talker.close()
     assert_every_turn_once(talker, healthy)
@@ -97,7 +106,7 @@ async def test_killing_a_nats_node_mid_conversation_loses_no_turn(
 ) -> None:
     talker = await Talker.open(healthy.url_of("gw"))
     try:
-        assert await talker.say(utterances[0])
+        await say(talker, healthy, utterances[0])
         cpu = healthy.net["cpu"]
         [(node, _)] = [
             (n, c) for n, c in connections(healthy, "morgan-gateway") if c["ip"] == cpu.ip
@@ -105,8 +114,8 @@ async def test_killing_a_nats_node_mid_conversation_loses_no_turn(
         speaking = asyncio.create_task(talker.say(utterances[1]))
         await talker.wait_until(lambda: len(talker.spoken_turns()) >= 2, 60)
         node.kill(healthy.nats[node.name])  # the gateway's own node, mid-turn
-        assert await speaking
-        assert await talker.say(utterances[2])
+        assert await speaking, f"{talker.describe()}\n{healthy.diagnose()}\n{healthy.logs()}"
+        await say(talker, healthy, utterances[2])
     finally:
         await talker.close()
     assert_every_turn_once(talker, healthy)
@@ -118,23 +127,18 @@ async def test_a_processor_host_partitioned_for_30_s_then_healed_duplicates_no_t
     gpu1 = healthy.net["gpu1"]
     talker = await Talker.open(healthy.url_of("gw"))
     try:
-        assert await talker.say(utterances[0])
-        cut = asyncio.create_task(talker.say(utterances[1], timeout=PARTITION_S + 60))
+        await say(talker, healthy, utterances[0])
+        cut = asyncio.create_task(say(talker, healthy, utterances[1], timeout=PARTITION_S + 60))
         await talker.wait_until(lambda: len(talker.spoken_turns()) >= 2, 60)
         healthy.net.partition(gpu1)  # its STT/TTS workers and its NATS node, mid-turn
         cut_at = time.monotonic()
-        assert await cut  # completed by the other hosts while gpu1 is still cut off
+        await cut  # completed by the other hosts while gpu1 is still cut off
         # the next turn, during the cut (only now: speaking over a reply would cancel it)
-        assert await talker.say(utterances[2], timeout=60)
+        await say(talker, healthy, utterances[2], timeout=60)
         await asyncio.sleep(max(0.0, PARTITION_S - (time.monotonic() - cut_at)))  # hold the cut
         healthy.net.heal(gpu1)
         await healthy.wait_formed()
-        healed_at = time.monotonic()
-        done = await talker.say(utterances[3])
-        assert done, (
-            f"turn after the heal ({time.monotonic() - healed_at:.0f} s)\n"
-            f"{talker.describe()}\n{healthy.diagnose()}\n{healthy.logs()}"
-        )
+        await say(talker, healthy, utterances[3])
     finally:
         await talker.close()
     assert_every_turn_once(talker, healthy)
@@ -145,7 +149,7 @@ async def test_killing_the_vad_mid_utterance_moves_the_claim_and_transcribes_onc
 ) -> None:
     talker = await Talker.open(healthy.url_of("gw"))
     try:
-        assert await talker.say(utterances[0])
+        await say(talker, healthy, utterances[0])
         before = {(h.ip, c["cid"]): c["out_msgs"] for h, c in connections(healthy, "morgan-vad")}
         speaking = asyncio.create_task(talker.say(utterances[1], realtime=1.0))
         await asyncio.sleep(0.8)  # into the utterance (sent in real time)
@@ -156,7 +160,7 @@ async def test_killing_the_vad_mid_utterance_moves_the_claim_and_transcribes_onc
         holder_ip = max(grew, key=lambda k: grew[k])[0]
         victim = "vad-a" if holder_ip == healthy.net["cpu"].ip else "vad-b"
         healthy.kill(victim)  # the worker reading this session's frames right now
-        assert await speaking
+        assert await speaking, f"{talker.describe()}\n{healthy.diagnose()}\n{healthy.logs()}"
     finally:
         await talker.close()
     assert_every_turn_once(talker, healthy)
@@ -172,7 +176,7 @@ async def test_turns_over_links_losing_2_percent_each_way_all_complete_once(
     talker = await Talker.open(healthy.url_of("gw"))
     try:
         for pcm in utterances[:3]:
-            assert await talker.say(pcm, timeout=120)
+            await say(talker, healthy, pcm, timeout=120)
     finally:
         await talker.close()
     assert_every_turn_once(talker, healthy)
@@ -193,7 +197,7 @@ async def test_killing_the_only_gpu_stt_mid_turn_completes_the_turn_on_cpu(
             lambda: any(e["type"] == "vad.speech_stopped" for e in talker.events[started:]), 30
         )
         healthy.kill("stt-gpu1")  # the utterance is on its way to (or in) the gpu worker
-        assert await speaking
+        assert await speaking, f"{talker.describe()}\n{healthy.diagnose()}\n{healthy.logs()}"
         cpu_after = (await js.consumer_info(definitions.WORK, "stt-cpu")).delivered.consumer_seq
     finally:
         await talker.close()
