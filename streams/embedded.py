@@ -129,6 +129,9 @@ def config_text(
             "cluster {",
             f'  name: "{cluster.name}"',
             f'  listen: "{host}:{cluster.port or -1}"',
+            # Clients use the URLs they are given (MORGAN_NATS_URL), as with
+            # deploy/nats/*.conf: a client behind a proxy or NAT stays behind it.
+            "  no_advertise: true",
             "  routes: [" + ", ".join(f'"{r}"' for r in cluster.routes) + "]",
             "}",
         ]
