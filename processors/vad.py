@@ -59,6 +59,9 @@ from streams.settings import Settings
 
 BATCH = 64
 IDLE_POLL_S = 0.25
+CONSUMER_CREATE_S = 15.0
+"""How long making a session consumer may take: an R3 consumer whose stream has a peer
+cut off can wait out a raft election (4-9 s in nats-server), past the usual 5 s."""
 OWNER_CHECK_S = 1.0
 """How often a session's reader checks it still owns the session, seconds."""
 PROGRESS_BUCKET = "MORGAN_VAD"
@@ -159,6 +162,12 @@ class VadSession:
         newer ones; a new consumer at the last owner's ack floor replays them in order
         now. The last owner's consumer is deleted, so if it was only cut off, not dead,
         its pulls find nothing: it cannot take frames from this owner.
+
+        Any step may fail (JetStream answers 503 or times out during an election) and
+        the claim comes back for another try. So the new consumer is made before the
+        record names it and before the old one goes: a retry finds the same owner number
+        and ack floor and makes the same consumer again, a no-op, instead of deleting a
+        half-made one and waiting out another raft election for the next.
         """
         js, settings = self.ctx.js, self.ctx.settings
         await self._read_progress()
@@ -172,12 +181,14 @@ class VadSession:
             with contextlib.suppress(NotFoundError):  # gone: replay all, skip what was cut
                 info = await js.consumer_info(definitions.AUDIO, previous)
                 start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
-                await js.delete_consumer(definitions.AUDIO, previous)
         cfg = definitions.session_audio_consumer(settings, self.sid, owner, start_seq=start)
         assert cfg.durable_name is not None
         self.durable = cfg.durable_name
+        await definitions.ensure_consumer(js, definitions.AUDIO, cfg, timeout=CONSUMER_CREATE_S)
         await self._write_progress(owner=owner, consumer=self.durable)
-        await definitions.ensure_consumer(js, definitions.AUDIO, cfg)
+        if previous:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(definitions.AUDIO, previous)
 
     async def _read_progress(self) -> None:
         """The session's record in KV: who owned it last, where its last utterance ended

@@ -131,14 +131,17 @@ async def apply(js: JetStreamContext, settings: Settings) -> None:
         await ensure_consumer(js, WORK, consumer.config(settings))
 
 
-async def ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfig) -> None:
-    """Create a consumer, or update it when one of that name exists with other settings."""
+async def ensure_consumer(
+    js: JetStreamContext, stream: str, cfg: ConsumerConfig, timeout: float | None = None
+) -> None:
+    """Create a consumer (a no-op when it exists with these settings), or replace it when
+    one of that name exists with other settings."""
     try:
-        await js.add_consumer(stream, cfg)
+        await js.add_consumer(stream, cfg, timeout=timeout)
     except BadRequestError:
         assert cfg.durable_name is not None
         try:
             await js.delete_consumer(stream, cfg.durable_name)
         except NotFoundError:
             pass
-        await js.add_consumer(stream, cfg)
+        await js.add_consumer(stream, cfg, timeout=timeout)

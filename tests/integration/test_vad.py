@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import signal
 import uuid
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from processors import vad
+from processors import silero, vad
+from processors.context import Context
 from schemas import (
     AudioFrame,
     Cancel,
@@ -18,6 +21,7 @@ from schemas import (
     SpeechStarted,
     SpeechStopped,
     Subjects,
+    Unavailable,
     Utterance,
 )
 from streams import bus, definitions
@@ -125,7 +129,11 @@ async def test_an_owner_cut_off_past_the_takeover_reads_no_more_frames_and_stops
     settings: Settings, js: JetStreamContext, sentence: bytes
 ) -> None:
     """Split brain: the first owner is frozen (SIGSTOP, as a stalled link would leave it)
-    until the claim moved, then wakes while the new owner is reading the session."""
+    until the claim moved, then wakes while the new owner is reading the session.
+
+    The default 4 s claim ack wait: with the tests' 2 s a loaded machine can delay the
+    new owner's heartbeat enough to move the claim once more (legitimately)."""
+    settings = settings.model_copy(update={"claim_ack_wait_s": 4.0})
     mic = Mic(js, settings)
     first_worker = ChildWorker("vad", settings)
     try:
@@ -146,7 +154,12 @@ async def test_an_owner_cut_off_past_the_takeover_reads_no_more_frames_and_stops
                     await events.next(SpeechStopped, timeout=30)
                 later = [await stt.next(Utterance) for _ in range(3)]
                 extra = await stt.quiet_for(3.0)
-                await until(lambda: b"another worker" in b"".join(first_worker.log), timeout=10)
+                log = first_worker.log
+                stopped = until(lambda: b"another worker" in b"".join(log), timeout=10)
+                try:
+                    await stopped
+                except AssertionError:
+                    raise AssertionError(b"".join(log).decode(errors="replace")) from None
                 assert second.in_flight  # the new owner still holds the session
     finally:
         first_worker.kill()
@@ -155,6 +168,40 @@ async def test_an_owner_cut_off_past_the_takeover_reads_no_more_frames_and_stops
     for utt in later:  # every frame of every utterance reached the new owner
         assert len(sentence) * 0.9 < len(utt.pcm) < len(sentence) + 2 * 16000
         assert "short story" in transcribe(utt.pcm).lower()
+
+
+async def test_a_takeover_that_failed_midway_is_redone_without_remaking_its_consumer(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """During an election any takeover step can fail and the claim comes back; the retry
+    must not delete the consumer the failed try made (a new R3 consumer waits out a raft
+    election each time, which made takeovers during a partition take 20-40 s)."""
+    mic = Mic(js, settings)
+    await mic.send(silence(300))
+    ctx = cast(Context, SimpleNamespace(js=js, settings=settings, state=silero.load_session()))
+
+    async def delivery() -> vad.VadSession:  # the session's claim, delivered once more
+        session = vad.VadSession(SessionClaim(mic.sid), ctx)
+        session.kv = await vad.progress_bucket(js, settings)
+        return session
+
+    await (await delivery())._take_over()  # owner 1
+    failing = await delivery()  # owner 2: makes its consumer, then its record write fails
+
+    async def refused(**changes: object) -> None:
+        raise Unavailable("JetStream system temporarily unavailable")
+
+    failing._write_progress = refused  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await failing._take_over()
+    made = await js.consumer_info(definitions.AUDIO, f"vad-{mic.sid}-2")
+    retry = await delivery()
+    await retry._take_over()
+    kept = await js.consumer_info(definitions.AUDIO, f"vad-{mic.sid}-2")
+    names = {c.name for c in await js.consumers_info(definitions.AUDIO)}
+    assert retry.durable == f"vad-{mic.sid}-2" and kept.created == made.created
+    assert f"vad-{mic.sid}-1" not in names  # the last real owner's consumer is gone
+    assert retry.progress["owner"] == 2
 
 
 async def test_session_end_releases_the_claim_and_the_session_consumer(
