@@ -243,9 +243,13 @@ class VadSession:
             if frame.offset + n <= self.done_until:  # already cut and sent by the last owner
                 await raw.ack()
                 continue
+            # A frame across that point (the gateway joins frames that queued while the bus
+            # was slow, up to 1 s) keeps only its new part: the rest was heard already.
+            cut = max(0, self.done_until - frame.offset)
+            start, pcm = frame.offset + cut, frame.pcm[cut * 2 :]
             if self.seg is None:
-                self.seg = Segmenter(config_of(self.ctx.settings), position=frame.offset)
-            new.append(_Frame(frame.seq, frame.offset, frame.offset + n, frame.pcm, raw))
+                self.seg = Segmenter(config_of(self.ctx.settings), position=start)
+            new.append(_Frame(frame.seq, start, frame.offset + n, pcm, raw))
         if not new or self.seg is None:
             return
         self.seg.config = config_of(self.ctx.current_settings())  # live config applies at once
