@@ -33,6 +33,7 @@ from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
+    ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
 
@@ -149,6 +150,11 @@ class VadSession:
             except TimeoutError:
                 if loop.time() - heard > settings.session_idle_s:
                     break
+                continue
+            except (ServiceUnavailableError, NotFoundError):  # our consumer may be gone:
+                await self._check_owner()  # stop (Superseded), never nak another's claim
+                checked = loop.time()
+                await asyncio.sleep(IDLE_POLL_S)
                 continue
             heard = loop.time()
             await self._consume(msgs)
