@@ -9,7 +9,7 @@ JetStream stores it) therefore neither drops nor reorders audio; the queue drain
 in bigger frames afterwards. Frames are numbered as they are published, so the
 numbers and sample offsets on ``audio.in.<sid>`` are contiguous whatever happened.
 
-Only past ``limit_bytes`` of waiting audio (the bus has been away that long) is a
+Only past ``limit_s`` of waiting audio (the bus has been away that long) is a
 new frame refused, with ``audio_backlog``; nothing already queued is lost.
 """
 
@@ -23,13 +23,15 @@ from collections import deque
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from gateway.protocol import ProtocolError
+from gateway.protocol import INPUT_RATE, ProtocolError
 from schemas import AudioFrame
 from streams import bus
 
 log = logging.getLogger("morgan.gateway.mic")
-MAX_FRAME_BYTES = 32000
-"""At most this much PCM (1 s at 16 kHz s16le) per published frame."""
+BYTES_PER_S = INPUT_RATE * 2
+"""Microphone PCM is s16le mono at INPUT_RATE."""
+MAX_FRAME_BYTES = BYTES_PER_S
+"""At most this much PCM (1 s) per published frame."""
 RETRY_S = (0.05, 2.0)
 """First and longest pause between attempts to publish one frame, seconds."""
 
@@ -43,12 +45,12 @@ class MicPublisher:
         *,
         seq: int = 0,
         offset: int = 0,
-        limit_bytes: int,
+        limit_s: float,
     ) -> None:
         self.js, self.subject, self.sid = js, subject, sid
         self.seq, self.offset = seq, offset
         """The last published frame's number, and the samples published so far."""
-        self.limit_bytes = limit_bytes
+        self.limit_bytes = int(limit_s * BYTES_PER_S)
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.wake = asyncio.Event()
@@ -59,7 +61,7 @@ class MicPublisher:
     def put(self, pcm: bytes) -> None:
         """Accept a frame for publishing, or refuse it when too much already waits."""
         if self.queued_bytes + len(pcm) > self.limit_bytes:
-            waiting_s = self.queued_bytes / 32000
+            waiting_s = self.queued_bytes / BYTES_PER_S
             raise ProtocolError(
                 "audio_backlog",
                 f"{waiting_s:.0f} s of audio already wait for the bus; frame refused",

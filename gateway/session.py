@@ -145,9 +145,9 @@ class Session:
                 self.subs.append(await self._replay(AUDIO, s.audio_out(sid), self.on_audio))
                 claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
                 await bus.publish(js, s.work("vad"), claim, msg_id=f"claim.{sid}")
-                backlog = int(self.gw.settings.audio_backlog_s * INPUT_RATE * 2)
+                backlog_s = self.gw.settings.audio_backlog_s
                 self.mic = MicPublisher(
-                    js, s.audio_in(sid), sid, seq=frame_seq, offset=offset, limit_bytes=backlog
+                    js, s.audio_in(sid), sid, seq=frame_seq, offset=offset, limit_s=backlog_s
                 )
             except BaseException:
                 self.sid = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest_asyncio
 from nats.js import JetStreamContext
 
 from processors.context import Context
@@ -33,11 +34,17 @@ async def nothing(settings: Settings, tiers: tuple[str, ...]) -> Any:
     return None
 
 
-async def test_a_session_claim_is_retried_past_max_deliver_and_never_given_up(
-    settings: Settings, js: JetStreamContext
-) -> None:
+@pytest_asyncio.fixture
+async def few(settings: Settings, js: JetStreamContext) -> Settings:
+    """Settings (and work consumers) that allow 2 deliveries of a message."""
     few = settings.model_copy(update={"max_deliver": 2})
     await definitions.apply(js, few)
+    return few
+
+
+async def test_a_session_claim_is_retried_past_max_deliver_and_never_given_up(
+    few: Settings, js: JetStreamContext
+) -> None:
     flaky = Flaky(failures=4)
     spec = Spec(kind="vad", accepts=(SessionClaim,), load=nothing, handle=flaky, concurrency=4)
     async with running(spec, few) as worker:
@@ -48,10 +55,8 @@ async def test_a_session_claim_is_retried_past_max_deliver_and_never_given_up(
 
 
 async def test_work_is_given_up_after_max_deliver_with_an_error_event(
-    settings: Settings, js: JetStreamContext
+    few: Settings, js: JetStreamContext
 ) -> None:
-    few = settings.model_copy(update={"max_deliver": 2})
-    await definitions.apply(js, few)
     flaky = Flaky(failures=4)
     spec = Spec(kind="stt", accepts=(Utterance,), load=nothing, handle=flaky, tiered=True)
     utt = Utterance(sid="w1", turn="t1", rate=16000, first_seq=1, last_seq=1, pcm=b"\x00\x00")
