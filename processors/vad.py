@@ -190,11 +190,26 @@ class VadSession:
         cfg = definitions.session_audio_consumer(settings, self.sid, owner, start_seq=start)
         assert cfg.durable_name is not None
         self.durable = cfg.durable_name
-        await definitions.ensure_consumer(js, definitions.AUDIO, cfg, timeout=CONSUMER_CREATE_S)
+        if not await self._made_before():
+            await definitions.ensure_consumer(js, definitions.AUDIO, cfg, timeout=CONSUMER_CREATE_S)
         await self._write_progress(owner=owner, consumer=self.durable)
         if previous:
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(definitions.AUDIO, previous)
+
+    async def _made_before(self) -> bool:
+        """Whether an earlier try of this takeover already made our consumer.
+
+        Its start may lie before the last owner's ack floor now (a cut-off owner goes
+        on acknowledging), and JetStream refuses to move a consumer's start ("start
+        sequence can not be updated"): keep it. Replaying a little more is harmless,
+        audio already cut is skipped by ``end``.
+        """
+        try:
+            await self.ctx.js.consumer_info(definitions.AUDIO, self.durable)
+        except NotFoundError:
+            return False
+        return True
 
     async def _read_progress(self) -> None:
         """The session's record in KV: who owned it last, where its last utterance ended
