@@ -109,12 +109,6 @@ async def test_killing_a_nats_node_mid_conversation_loses_no_turn(
     assert_every_turn_once(talker, healthy)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent (2 of about 16 runs since gaps 4-6 were fixed): a turn does not "
-    "complete in time; nothing is ever duplicated; a failure now prints every node's and "
-    "worker's state (docs/multihost.md, gap 7)",
-)
 async def test_a_processor_host_partitioned_for_30_s_then_healed_duplicates_no_turn(
     healthy: Deployment, utterances: list[bytes]
 ) -> None:
