@@ -1,6 +1,7 @@
 """Scaling and failover on namespaced hosts (needs root): prints ratios, not pass/fail.
 
-1. STT throughput (utterances/s) with 1, then 2 STT workers on the same input, in one run.
+1. STT throughput (utterances/s) with 1, then 2 STT workers on the same input, in one run,
+   beside the same model's throughput alone on 1 and 2 cores (no Morgan around it).
 2. Tier fallback: from the death of the only gpu-tier STT worker to the first utterance
    served on the cpu tier, with producers choosing the tier through ``TierRouter``.
 3. ``--chaos N``: N conversations of ``--turns`` turns while processors are killed
@@ -29,13 +30,10 @@ from nats.aio.msg import Msg
 from processors.routing import TierRouter
 from schemas import Utterance
 from streams import bus
-from tests.integration.audio_helpers import silence, speak
+from tests.integration.audio_helpers import QUESTIONS, silence, speak
 from tests.system import netns
 from tests.system.chaos import chaos_run
 from tests.system.deployment import HOSTS, Deployment, start_morgan
-
-PHRASES = ["what is the capital of france", "tell me a fun fact about cats",
-           "how far away is the moon", "name a famous painter"]  # fmt: skip
 
 
 class Transcripts:
@@ -92,15 +90,16 @@ async def throughput(
 
 async def stt_scaling(dep: Deployment, pcms: list[bytes], n: int) -> tuple[Rate, Rate]:
     gpu1, gpu2 = dep.net["gpu1"], dep.net["gpu2"]
-    # one thread each: the question is how throughput scales with workers, not threads
-    dep.processor("stt-1", gpu1, "stt", MORGAN_TIERS="cpu", MORGAN_STT_THREADS="1")
+    # one core each (MORGAN_CPUS, one thread then): the question is how throughput scales
+    # with workers, not threads, and unpinned workers lose ~10 % to the kernel moving them
+    dep.processor("stt-1", gpu1, "stt", MORGAN_TIERS="cpu", MORGAN_CPUS="0")
     await dep.ready()
     nc = await dep.connect("bench")
     seen = Transcripts()
     await nc.subscribe("morgan.events.bench.transcript", cb=seen.on_msg)
     try:
         one = await throughput(nc, seen, pcms, n, "one", workers=1)
-        dep.processor("stt-2", gpu2, "stt", MORGAN_TIERS="cpu", MORGAN_STT_THREADS="1")
+        dep.processor("stt-2", gpu2, "stt", MORGAN_TIERS="cpu", MORGAN_CPUS="1")
         await dep.ready()
         two = await throughput(nc, seen, pcms, n, "two", workers=2)
     finally:
@@ -109,6 +108,32 @@ async def stt_scaling(dep: Deployment, pcms: list[bytes], n: int) -> tuple[Rate,
     dep.kill("stt-2")
     del dep.workers["stt-1"], dep.workers["stt-2"]
     return one, two
+
+
+async def models_alone(n: int, cores: int) -> float:
+    """Utterances/s of ``cores`` bare faster-whisper processes, one per core, all at once
+    (bench/stt_alone.py): the hardware's own throughput, with nothing of Morgan around."""
+    script = str(Path(__file__).with_name("stt_alone.py"))
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            script,
+            str(core),
+            str(n),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        for core in range(cores)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert (await proc.stdout.readline()).strip() == b"ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+    rates = [float((await proc.communicate())[0]) for proc in procs]
+    return sum(rates)
 
 
 async def tier_fallback(dep: Deployment, pcm: bytes) -> tuple[float, int]:
@@ -154,7 +179,7 @@ async def main(args: argparse.Namespace) -> int:
     if reason:
         print(f"cannot run: {reason}")
         return 1
-    pcms = [silence(200) + speak(p) + silence(200) for p in PHRASES]
+    pcms = [silence(200) + speak(p) + silence(200) for p in QUESTIONS]
     results: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         net = netns.Network(HOSTS, Path(tmp)).up()
@@ -164,11 +189,19 @@ async def main(args: argparse.Namespace) -> int:
             await dep.apply_definitions()
             one, two = await stt_scaling(dep, pcms, args.utterances)
             results.append(
-                f"STT throughput ({args.utterances} utterances, 1 thread per worker), "
+                f"STT throughput ({args.utterances} utterances, 1 core per worker), "
                 f"saturated: 1 worker {one.saturated:.2f} utt/s, 2 workers "
                 f"{two.saturated:.2f} utt/s -> {two.saturated / one.saturated:.2f}x "
                 f"(target >= 1.8x); whole batch incl. start and tail: {one.batch:.2f} vs "
                 f"{two.batch:.2f} utt/s -> {two.batch / one.batch:.2f}x"
+            )
+            print(results[-1], flush=True)
+            alone = [await models_alone(args.utterances, cores) for cores in (1, 2)]
+            results.append(
+                f"the same model alone (bench/stt_alone.py, no Morgan), 1 core: "
+                f"{alone[0]:.2f} utt/s, 2 cores: {alone[1]:.2f} utt/s -> "
+                f"{alone[1] / alone[0]:.2f}x; Morgan's scaling over the model's own: "
+                f"{(two.saturated / one.saturated) / (alone[1] / alone[0]):.2f}"
             )
             print(results[-1], flush=True)
             fallback, stranded = await tier_fallback(dep, pcms[0])
@@ -183,7 +216,7 @@ async def main(args: argparse.Namespace) -> int:
             net = netns.Network(HOSTS, Path(tmp) / "chaos").up()
             try:
                 dep = await start_morgan(net)
-                utts = [silence(300) + speak(p) + silence(900) for p in PHRASES]
+                utts = [silence(300) + speak(p) + silence(900) for p in QUESTIONS]
                 res = await chaos_run(
                     dep,
                     [dep.url_of("gw"), dep.url_of("gw2")],
@@ -212,14 +245,29 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def record(args: argparse.Namespace, machine: str, results: list[str]) -> None:
+    """Replace this benchmark's last result in docs/benchmarks.md (or add it), keeping
+    the prose that follows it."""
     path = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     command = "sudo .venv/bin/python bench/scale.py " + " ".join(sys.argv[1:])
-    text += (
-        f"\n## Multi-host scale and failover (bench/scale.py), {time.strftime('%Y-%m-%d')}\n\n"
+    title = "## Multi-host scale and failover (bench/scale.py)"
+    block = (
+        f"{title}, {time.strftime('%Y-%m-%d')}\n\n"
         f"Machine: {machine}. Command: `{command}`\n\n" + "".join(f"- {r}\n" for r in results)
     )
-    path.write_text(text)
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith(title)), None)
+    if start is None:
+        path.write_text(text + "\n" + block)
+        return
+    end = start + 1  # past the heading, the machine line and the result bullets
+    while end < len(lines) and (
+        not lines[end].strip() or lines[end].startswith(("Machine:", "- "))
+    ):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # keep the blank line before the prose
+    path.write_text("".join(lines[:start]) + block + "".join(lines[end:]))
 
 
 def parse() -> argparse.Namespace:
@@ -230,7 +278,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=5, help="chaos conversations at once")
     p.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
     p.add_argument("--no-vad", action="store_true", help="never kill VAD workers")
-    p.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    p.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.md")
     return p.parse_args()
 
 

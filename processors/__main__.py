@@ -28,6 +28,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m processors KIND", file=sys.stderr)
         return 2
     settings = Settings.from_env()
+    hardware.pin(settings.cpu_set)  # before any thread exists: threads inherit it
     logging.basicConfig(
         level=settings.log_level, format=f"%(asctime)s {argv[0]} %(levelname)s %(message)s"
     )

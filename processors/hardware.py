@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,3 +68,21 @@ def detect(
 def serving_tiers(override: tuple[str, ...], hw: Hardware) -> tuple[str, ...]:
     """Tiers a worker serves: MORGAN_TIERS when set, else what the hardware allows."""
     return override or hw.tiers
+
+
+def pin(cores: frozenset[int]) -> None:
+    """Run this process (its threads made from now on) on ``cores`` only; empty: leave it.
+
+    Call before any thread exists, numpy's included (OpenBLAS starts its threads when
+    numpy is imported): Linux pins the calling thread, and only threads made after it
+    inherit the pinning. ValueError names the cores this host lacks.
+    """
+    if not cores:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("MORGAN_CPUS: this OS cannot pin a process to cores")
+    usable = os.sched_getaffinity(0)
+    if not cores <= usable:
+        missing = ",".join(map(str, sorted(cores - usable)))
+        raise ValueError(f"MORGAN_CPUS: no core {missing} here (usable: {sorted(usable)})")
+    os.sched_setaffinity(0, cores)

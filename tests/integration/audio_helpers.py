@@ -19,6 +19,14 @@ from faster_whisper import WhisperModel
 
 from processors import models
 
+QUESTIONS = [
+    "what is the capital of france",
+    "tell me a fun fact about cats",
+    "how far away is the moon",
+    "name a famous painter",
+]
+"""Short questions with short answers, spoken by ``speak`` in system tests and benchmarks."""
+
 
 def speak(text: str, rate: int = 16000) -> bytes:
     """``text`` spoken by espeak-ng (en-us, 150 wpm) as s16le mono PCM at ``rate``."""

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from streams import definitions
-from tests.integration.audio_helpers import silence, speak
+from tests.integration.audio_helpers import QUESTIONS, silence, speak
 from tests.system import netns
 from tests.system.chaos import chaos_run
 from tests.system.conversation import Talker
@@ -22,17 +22,11 @@ from tests.system.deployment import HOSTS, Deployment, connections, start_morgan
 
 pytestmark = pytest.mark.netns
 PARTITION_S = 30.0
-PHRASES = [
-    "what is the capital of france",
-    "tell me a fun fact about cats",
-    "how far away is the moon",
-    "name a famous painter",
-]
 
 
 @pytest.fixture(scope="module")
 def utterances() -> list[bytes]:
-    return [silence(300) + speak(p) + silence(900) for p in PHRASES]
+    return [silence(300) + speak(p) + silence(900) for p in QUESTIONS]
 
 
 @pytest.fixture(scope="module")
