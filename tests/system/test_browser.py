@@ -112,6 +112,7 @@ def test_the_page_hears_a_spoken_question_and_answers_aloud(
     played = wait_until(lambda: browser.execute_script("return state.lastAudio"))
     browser.save_screenshot(str(tmp_path / "page.png"))
     shutil.copy(tmp_path / "page.png", Path("/tmp/morgan-browser-test.png"))
-    assert "sky" in " ".join(user).lower()
+    heard = " ".join(user).lower()  # tiny.en may mishear a word ("is this guy"), not most
+    assert sum(word in heard for word in ("color", "sky", "sunny", "day")) >= 3, heard
     assert bot[0].strip()
     assert played > 0  # reply audio reached the page's player
