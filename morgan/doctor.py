@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,17 @@ def _check(path_of: Callable[[], Path]) -> str:
     return f"{path}" if Path(path).exists() else f"MISSING ({path})"
 
 
+def _cores(settings: Settings) -> str:
+    """The cores a processor started here would run on (MORGAN_CPUS pins it)."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    given = ",".join(map(str, usable)) or str(os.cpu_count())
+    if not settings.cpu_set:
+        return f"{given} (all given; MORGAN_CPUS pins a worker)"
+    missing = settings.cpu_set - set(usable)
+    pinned = ",".join(map(str, sorted(settings.cpu_set)))
+    return f"{pinned} (MORGAN_CPUS){' NOT HERE: ' + str(sorted(missing)) if missing else ''}"
+
+
 async def report(settings: Settings) -> int:
     hw = hardware.detect()
     tiers = hardware.serving_tiers(settings.tier_list, hw)
@@ -28,6 +40,7 @@ async def report(settings: Settings) -> int:
     print(f"  os/arch      {hw.os}/{hw.arch}")
     print(f"  cuda         {hw.cuda_devices} device(s) {hw.gpu_name}".rstrip())
     print(f"  apple mps    {'yes' if hw.mps else 'no'}")
+    print(f"  cores        {_cores(settings)}")
     why = "MORGAN_TIERS" if settings.tier_list else "detected"
     print(f"  tiers        {', '.join(tiers)} ({why})")
     print("models")

