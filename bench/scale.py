@@ -122,7 +122,7 @@ async def models_alone(n: int, cores: int) -> float:
             str(n),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         for core in range(cores)
     ]
     for proc in procs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,13 +23,12 @@ def _check(path_of: Callable[[], Path]) -> str:
 
 def _cores(settings: Settings) -> str:
     """The cores a processor started here would run on (MORGAN_CPUS pins it)."""
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    given = ",".join(map(str, usable)) or str(os.cpu_count())
     if not settings.cpu_set:
+        given = hardware.cpu_list(hardware.usable_cores())
         return f"{given} (all given; MORGAN_CPUS pins a worker)"
-    missing = settings.cpu_set - set(usable)
-    pinned = ",".join(map(str, sorted(settings.cpu_set)))
-    return f"{pinned} (MORGAN_CPUS){' NOT HERE: ' + str(sorted(missing)) if missing else ''}"
+    missing = hardware.missing_cores(settings.cpu_set)
+    not_here = f" NOT HERE: {sorted(missing)}" if missing else ""
+    return f"{hardware.cpu_list(settings.cpu_set)} (MORGAN_CPUS){not_here}"
 
 
 async def report(settings: Settings) -> int:

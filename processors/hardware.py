@@ -70,6 +70,23 @@ def serving_tiers(override: tuple[str, ...], hw: Hardware) -> tuple[str, ...]:
     return override or hw.tiers
 
 
+def usable_cores() -> frozenset[int]:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return frozenset(os.sched_getaffinity(0))
+    return frozenset(range(os.cpu_count() or 1))
+
+
+def missing_cores(cores: frozenset[int]) -> frozenset[int]:
+    """Those of ``cores`` this process cannot run on."""
+    return cores - usable_cores()
+
+
+def cpu_list(cores: frozenset[int]) -> str:
+    """{0, 1, 4} -> ``0,1,4``."""
+    return ",".join(map(str, sorted(cores)))
+
+
 def pin(cores: frozenset[int]) -> None:
     """Run this process (its threads made from now on) on ``cores`` only; empty: leave it.
 
@@ -81,8 +98,8 @@ def pin(cores: frozenset[int]) -> None:
         return
     if not hasattr(os, "sched_setaffinity"):
         raise ValueError("MORGAN_CPUS: this OS cannot pin a process to cores")
-    usable = os.sched_getaffinity(0)
-    if not cores <= usable:
-        missing = ",".join(map(str, sorted(cores - usable)))
-        raise ValueError(f"MORGAN_CPUS: no core {missing} here (usable: {sorted(usable)})")
+    if missing := missing_cores(cores):
+        raise ValueError(
+            f"MORGAN_CPUS: no core {cpu_list(missing)} here (usable: {cpu_list(usable_cores())})"
+        )
     os.sched_setaffinity(0, cores)

@@ -10,7 +10,6 @@ redelivered utterance publishes nothing new (JetStream dedup window).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +42,7 @@ class SttModel:
 
 def cpu_threads() -> int:
     """Threads for CTranslate2: the cores this process may use, at most 4."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, cores or 1))
+    return max(1, min(4, len(hardware.usable_cores())))
 
 
 def open_model(settings: Settings, gpu: bool) -> SttModel:

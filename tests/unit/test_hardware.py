@@ -12,7 +12,6 @@ import pytest
 from pydantic import ValidationError
 
 from processors import hardware
-from processors.hardware import pin
 from streams.settings import Settings, parse_cpus
 
 
@@ -70,7 +69,7 @@ def test_a_worker_pinned_by_morgan_cpus_runs_on_that_core_only() -> None:
 
 def test_pinning_to_a_core_this_host_lacks_names_it() -> None:
     with pytest.raises(ValueError, match="no core 4096"):
-        pin(frozenset({4096}))
+        hardware.pin(frozenset({4096}))
 
 
 def test_a_processor_pins_itself_before_anything_starts_threads() -> None:
