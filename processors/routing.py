@@ -118,13 +118,19 @@ class TierRouter:
         seen_at = before.gpu_seen_at if before else -float("inf")
         pending = 0
         try:
+            # return_exceptions: a failing half must not leave the other running unawaited
             tiers, info = await asyncio.wait_for(
                 asyncio.gather(
                     live_tiers(self.nc, kind),
                     self.js.consumer_info(definitions.WORK, f"{kind}-gpu"),
+                    return_exceptions=True,
                 ),
                 1.0,
             )
+            if isinstance(tiers, BaseException):
+                raise tiers
+            if isinstance(info, BaseException):
+                raise info
             if "gpu" in tiers:
                 seen_at = self.clock()
             pending = int(info.num_pending or 0)
