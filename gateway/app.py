@@ -3,8 +3,10 @@
     GET  /          the browser page          (open)
     GET  /health    NATS state + queue depth  (open)
     GET  /metrics   Prometheus text           (open)
-    GET  /ws        WebSocket voice session   (API key; 503 when overloaded)
-    POST /api/text  typed turn -> text + WAV  (API key; 503 when overloaded)
+    GET  /ws        WebSocket voice session   (API key; 503 when overloaded, 429 past the
+                                               client's share of sessions)
+    POST /api/text  typed turn -> text + WAV  (API key; 503 when overloaded, 429 past the
+                                               client's share of turns)
 
 The lifespan connects to NATS, applies the stream definitions and starts the
 queue-depth poller. docs/protocol.md describes what clients send and receive.
@@ -25,10 +27,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from gateway import auth, presence, text_api
+from gateway import auth, http_guard, presence, text_api
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.overload import Load
+from gateway.quota import Quota
 from gateway.session import Session
+from gateway.session_book import SessionBook
 from gateway.state import Gateway, gateway_of
 from streams import bus, definitions
 from streams.settings import Settings
@@ -47,7 +51,10 @@ def create_app(settings: Settings) -> FastAPI:
         await definitions.apply(js, settings)
         load = Load(settings, metrics)
         await load.poll_once(js)
-        app.state.gateway = Gateway(settings, nc, js, metrics, load)
+        book = await SessionBook.open(js, settings)
+        gw = Gateway(settings, nc, js, metrics, load, book, Quota(settings))
+        app.state.gateway = gw
+        await gw.watch_turn_ends()
         poller = asyncio.create_task(load.run(js))
         try:
             async with presence.registered(settings, nc, settings.http_port):
@@ -61,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Morgan gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    host_rule = http_guard.HostRule.from_settings(settings)  # 421 bad_host, every route
+    app.add_middleware(http_guard.HostGuard, rule=host_rule, metrics=metrics)
 
     @app.get("/")
     async def page() -> FileResponse:
@@ -84,20 +93,34 @@ def create_app(settings: Settings) -> FastAPI:
     @app.websocket("/ws")
     async def voice(websocket: WebSocket) -> None:
         gw = gateway_of(websocket)
-        refused = refusal(websocket, gw)
+        refused = http_guard.origin_refusal(websocket, gw.settings, gw.metrics)  # 403
+        if refused is None:
+            refused = refusal(websocket, gw, new_session=True)
+        client = auth.client_of(websocket, gw.settings.api_key_set)
+        if refused is None and not gw.quota.open_session(client):
+            limit = gw.settings.max_sessions_per_client
+            message = f"this client already has {limit} open sessions"
+            refused = _refuse(gw, 429, "too_many_sessions", message, _retry(gw))
         if refused is not None:
             try:
                 await websocket.send_denial_response(refused)
             except RuntimeError:  # the server lacks the denial-response extension
                 await websocket.close(code=4000 + refused.status_code)
             return
-        await websocket.accept()
-        await Session(gw, websocket).run()
+        try:
+            await websocket.accept()
+            principal = auth.principal(websocket, gw.settings.api_key_set)
+            await Session(gw, websocket, client, principal).run()
+        finally:
+            gw.quota.close_session(client)
 
     @app.post("/api/text")
     async def text(request: Request) -> Response:
         gw = gateway_of(request)
-        refused = refusal(request, gw)
+        refused = http_guard.origin_refusal(request, gw.settings, gw.metrics)  # 403
+        refused = refused or http_guard.content_type_refusal(request, gw.metrics)  # 415
+        if refused is None:
+            refused = refusal(request, gw)
         if refused is not None:
             return refused
         return await text_api.post_text(request, gw)
@@ -105,20 +128,26 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def refusal(conn: HTTPConnection, gw: Gateway) -> JSONResponse | None:
+def refusal(conn: HTTPConnection, gw: Gateway, *, new_session: bool = False) -> JSONResponse | None:
     """Why a new session or request is refused (401, 503), or None to serve it."""
     s = gw.settings
     if not auth.authorized(conn, s.api_key_set):
         return _refuse(
             gw, 401, "unauthorized", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
         )
-    retry = {"Retry-After": str(s.retry_after_s)}
     if not gw.nc.is_connected:
-        return _refuse(gw, 503, "unavailable", "the message bus is unavailable", retry)
+        return _refuse(gw, 503, "unavailable", "the message bus is unavailable", _retry(gw))
     if gw.load.overloaded:
         message = f"work queue depth {gw.load.depth} exceeds {s.max_queue_depth}"
-        return _refuse(gw, 503, "overloaded", message, retry)
+        return _refuse(gw, 503, "overloaded", message, _retry(gw))
+    if new_session and gw.load.vad_full:
+        message = "no voice activity worker has room for another session"
+        return _refuse(gw, 503, "overloaded", message, _retry(gw))
     return None
+
+
+def _retry(gw: Gateway) -> dict[str, str]:
+    return {"Retry-After": str(gw.settings.retry_after_s)}
 
 
 def _refuse(

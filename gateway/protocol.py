@@ -19,23 +19,39 @@ INPUT_RATE = 16000
 INPUT_FORMAT = "s16le"
 INPUT_CHANNELS = 1
 MAX_TEXT_CHARS = 4000
+MAX_DEPTH = 16
+"""Deepest nesting of arrays and objects accepted in a client's JSON."""
+MAX_CURSOR = 2**63 - 1
+"""Largest resume cursor: stream sequences are 64-bit, and no stream gets near this."""
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_RESUME_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    """A refusal the client sees; ``retryable`` when the same message may succeed later
+    (a share of work frees up), not when the message itself is wrong."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retryable = retryable
 
     def to_client(self) -> dict[str, Any]:
-        return {"type": "error", "code": self.code, "message": self.message}
+        return {
+            "type": "error",
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
 
 
 @dataclass(frozen=True)
 class Start:
     session_id: str | None = None
     """Set to resume an earlier session."""
+    resume_token: str = ""
+    """The secret ``session.ready`` gave with the session; required with ``session_id``."""
     last_event: int = 0
     """EVENTS stream id of the last event the client has (resume)."""
     last_audio: int = 0
@@ -60,14 +76,59 @@ class End:
 ClientMessage = Start | Text | CancelReply | End
 
 
-def parse(raw: str) -> ClientMessage:
-    """One text frame from the client, or ``ProtocolError``."""
+def load_object(raw: str | bytes, what: str = "text frames") -> dict[str, Any]:
+    """A client's JSON object (a WebSocket text frame, a REST body), or ``ProtocolError``.
+
+    Whatever the client sends is refused with ``bad_json``, never raised as something
+    else: malformed or non-UTF-8 input, integers past Python's digit limit, nesting past
+    ``MAX_DEPTH`` (a deep array would recurse the parser), and strings holding a lone
+    UTF-16 surrogate (``"\\ud800"``: valid JSON, but not text that can be encoded again).
+    """
     try:
         obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError("bad_json", f"text frames must be JSON objects: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError included
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ProtocolError("bad_json", f"{what} must be JSON objects: {reason}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("bad_json", "text frames must be JSON objects")
+        raise ProtocolError("bad_json", f"{what} must be JSON objects")
+    _check_tree(obj)
+    return obj
+
+
+def _check_tree(obj: dict[str, Any]) -> None:
+    """Depth and Unicode checks over a parsed object, without recursion."""
+    stack: list[tuple[Any, int, str]] = [(obj, 1, "")]
+    while stack:
+        value, depth, key = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                code = "bad_text" if key == "text" and depth == 2 else "bad_json"
+                raise ProtocolError(code, "strings must be valid Unicode (a lone surrogate?)")
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise ProtocolError("bad_json", f"JSON nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not _encodable(k):
+                    raise ProtocolError("bad_json", "keys must be valid Unicode")
+                stack.append((v, depth + 1, k))
+        else:
+            stack.extend((v, depth + 1, "") for v in value)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse(raw: str) -> ClientMessage:
+    """One text frame from the client, or ``ProtocolError``."""
+    obj = load_object(raw)
     kind = obj.get("type")
     if kind == "session.start":
         return _start(obj)
@@ -93,16 +154,34 @@ def _start(obj: dict[str, Any]) -> Start:
             f"audio must be {INPUT_RATE} Hz {INPUT_FORMAT} mono; got rate={rate!r} "
             f"format={fmt!r} channels={channels!r}",
         )
-    sid = obj.get("session_id")
-    if sid is not None:
-        check_session_id(sid)
+    sid, token = resume_fields(obj)
     cursors = {}
     for name in ("last_event", "last_audio"):
         value = obj.get(name, 0)
-        if not (_is_int(value) and value >= 0):
-            raise ProtocolError("bad_message", f"{name} must be a non-negative integer")
+        if not (_is_int(value) and 0 <= value <= MAX_CURSOR):
+            raise ProtocolError("bad_message", f"{name} must be an integer from 0 to {MAX_CURSOR}")
         cursors[name] = value
-    return Start(sid, cursors["last_event"], cursors["last_audio"])
+    return Start(sid, token, cursors["last_event"], cursors["last_audio"])
+
+
+def resume_fields(obj: dict[str, Any]) -> tuple[str | None, str]:
+    """``session_id`` and its ``resume_token`` (WebSocket resume or REST), checked for form.
+
+    A session id alone proves nothing (it shows in consumer names): continuing a session
+    takes the secret its ``session.ready`` or REST answer gave.
+    """
+    sid = obj.get("session_id")
+    token = obj.get("resume_token")
+    if sid is None:
+        if token is not None:
+            raise ProtocolError("bad_message", "resume_token without session_id")
+        return None, ""
+    check_session_id(sid)
+    if token is None:
+        raise ProtocolError("bad_message", "session_id needs the resume_token it was given with")
+    if not (isinstance(token, str) and _RESUME_TOKEN.fullmatch(token)):
+        raise ProtocolError("bad_message", "resume_token is malformed")
+    return sid, token
 
 
 def text_of(obj: dict[str, Any]) -> str:
@@ -110,6 +189,8 @@ def text_of(obj: dict[str, Any]) -> str:
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("bad_text", "text must be a non-empty string")
+    if not _encodable(text):
+        raise ProtocolError("bad_text", "text must be valid Unicode (a lone surrogate?)")
     if len(text) > MAX_TEXT_CHARS:
         raise ProtocolError("bad_text", f"text is longer than {MAX_TEXT_CHARS} characters")
     return text.strip()
@@ -131,13 +212,16 @@ def check_session_id(value: Any) -> str:
     return value
 
 
-def ready(sid: str, resumed: bool, output_rate: int) -> dict[str, Any]:
-    """The ``session.ready`` message."""
+def ready(sid: str, token: str | None, output_rate: int) -> dict[str, Any]:
+    """The ``session.ready`` message: a new session's carries its ``resume_token``
+    (only a hash is kept, so a resumed session's cannot)."""
     fmt = {"format": INPUT_FORMAT, "channels": INPUT_CHANNELS}
+    secret = {} if token is None else {"resume_token": token}
     return {
         "type": "session.ready",
         "session_id": sid,
-        "resumed": resumed,
+        "resumed": token is None,
+        **secret,
         "input": {"rate": INPUT_RATE, **fmt},
         "output": {"rate": output_rate, **fmt},
     }

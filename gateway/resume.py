@@ -32,6 +32,10 @@ async def resume_point(js: JetStreamContext, s: Subjects, sid: str, last_audio: 
         if isinstance(frame, AudioFrame):
             frame_seq, offset = frame.seq, frame.offset + len(frame.pcm) // 2
     tail = await _last(js, EVENTS, s.events(sid))
+    audio_tail = await _last(js, AUDIO, s.audio_out(sid))
+    # A cursor past the session's last chunk means "everything so far", not "skip all
+    # that is still to come".
+    last_audio = min(last_audio, (audio_tail.seq or 0) if audio_tail is not None else 0)
     in_stream = False
     if last_audio > 0:
         try:

@@ -3,6 +3,10 @@
 srv = await start(settings)      # port 0 -> a free port; srv.url is the real one
 ...
 await srv.stop()
+
+uvicorn runs with the HTTP edge's limits: deadlines on request heads and on refused
+bodies (gateway/http_timeouts.py), an explicit keep-alive, and secrets redacted from its logs
+(gateway/log_redaction.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from gateway import log_redaction
 from gateway.app import create_app
+from gateway.http_timeouts import with_timeouts
 from streams.settings import Settings
 
 
@@ -41,15 +47,21 @@ class RunningGateway:
 
 
 def config(settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
+    cfg = uvicorn.Config(
         create_app(settings),
         host=settings.http_host,
         port=settings.http_port,
+        http=with_timeouts(
+            header_s=settings.http_header_timeout_s, discard_s=settings.http_body_timeout_s
+        ),
         ws="websockets-sansio",
         lifespan="on",
         log_level=settings.log_level.lower(),
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
+        timeout_keep_alive=settings.http_keep_alive_s,
     )
+    log_redaction.install()  # after Config, which (re)configures uvicorn's loggers
+    return cfg
 
 
 async def start(settings: Settings, *, timeout: float = 15.0) -> RunningGateway:

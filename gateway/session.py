@@ -12,11 +12,17 @@ through ``AudioOrder`` so each turn plays in (seq, chunk) order. A cancelled
 turn (client, VAD barge-in on control, or the LLM's event) loses its audio and
 the client hears ``reply.cancelled`` with ``flush`` once.
 
-Resume: the events consumer replays the session from the start, sending only
-ids past ``last_event`` (older ones just rebuild state: cancelled turns,
+Resume: only with the session's resume token, by the API key that opened it
+(``SessionBook``). The events consumer replays the session from the start, sending
+only ids past ``last_event`` (older ones just rebuild state: cancelled turns,
 reply.done); audio waits for that, then replays from the start and skips what
-``AlreadySent`` says the client has. One lock keeps each audio header next to
-its bytes.
+``AlreadySent`` says the client has. Cursors past the session's end count as its
+end. One lock keeps each audio header next to its bytes.
+
+Careless clients: a socket that sends no ``session.start`` in ``start_timeout_s``
+is closed (1008); one that stops reading is written to no more once a send has
+waited ``SEND_TIMEOUT_S``; audio after a long silence claims the session again,
+since its VAD worker lets a session go after ``session_idle_s`` without audio.
 """
 
 from __future__ import annotations
@@ -65,13 +71,23 @@ are R1, in memory) is rebuilt after two missed beats (nats.py's default 5 s took
 session's events 15-20 s to come back after a node restart)."""
 EVENTS_CATCH_UP_S = 5.0
 """On resume, audio waits at most this long for the event replay, seconds."""
+SEND_TIMEOUT_S = 10.0
+"""A client whose socket took this long to take one message is not reading: it is sent
+nothing more, seconds."""
+POLICY_VIOLATION = 1008
 
 
 class Session:
-    def __init__(self, gw: Gateway, ws: WebSocket) -> None:
+    def __init__(self, gw: Gateway, ws: WebSocket, client: str, principal: str) -> None:
         self.gw = gw
         self.ws = ws
+        self.client = client
+        """Whose share of turns this session uses (``Quota``)."""
+        self.principal = principal
+        """The API key (hashed) the session is bound to (``SessionBook``)."""
         self.sid: str | None = None
+        self.audio_at = 0.0
+        """When the last microphone frame came (event-loop seconds)."""
         self.mic: MicPublisher | None = None
         self.last_event = 0
         self.current_turn: str | None = None
@@ -86,9 +102,16 @@ class Session:
     async def run(self) -> None:
         """Serve the client until it disconnects or ends the session."""
         self.gw.metrics.active_sessions.inc()
+        loop = asyncio.get_running_loop()
+        start_by = loop.time() + self.gw.settings.start_timeout_s
         try:
             while self.open:
-                message = await self.ws.receive()
+                try:
+                    wait = None if self.sid is not None else start_by - loop.time()
+                    message = await asyncio.wait_for(self.ws.receive(), wait)
+                except TimeoutError:
+                    await self._close(POLICY_VIOLATION, "no session.start in time")
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
@@ -122,7 +145,7 @@ class Session:
         elif self.sid is None:
             raise ProtocolError("no_session", "send session.start first")
         elif isinstance(msg, protocol.Text):
-            self.current_turn = await self.gw.typed_turn(self.sid, msg.text)
+            self.current_turn = await self.gw.typed_turn(self.client, self.sid, msg.text)
         else:
             await self.client_cancel(self.sid)
 
@@ -130,7 +153,12 @@ class Session:
         if self.sid is not None:
             raise ProtocolError("already_started", f"session {self.sid} is already started")
         resumed = msg.session_id is not None
-        sid = msg.session_id or uuid.uuid4().hex
+        if msg.session_id is not None:
+            sid, token = msg.session_id, None
+            await self.gw.book.check(sid, msg.resume_token, self.principal)
+        else:
+            sid = uuid.uuid4().hex
+            token = await self.gw.book.new_session(sid, self.principal)
         s, js = self.gw.subjects, self.gw.js
         async with self.send_lock:  # replayed events wait until session.ready is out
             self.sid = sid
@@ -149,6 +177,7 @@ class Session:
                 self.mic = MicPublisher(
                     js, s.audio_in(sid), sid, seq=frame_seq, offset=offset, limit_s=backlog_s
                 )
+                self.audio_at = asyncio.get_running_loop().time()
             except BaseException:
                 self.sid = None
                 for sub in self.subs:
@@ -156,13 +185,12 @@ class Session:
                         await sub.unsubscribe()
                 self.subs.clear()
                 raise
-            ready = protocol.ready(sid, resumed, OUTPUT_RATE)
-            await self._write(ready)
+            await self._write(protocol.ready(sid, token, OUTPUT_RATE))
 
     async def _prepare_resume(self, sid: str, msg: protocol.Start) -> tuple[int, int]:
         """Replay cursors for the client; the last microphone frame number and offset."""
         point = await resume_point(self.gw.js, self.gw.subjects, sid, msg.last_audio)
-        self.last_event = msg.last_event
+        self.last_event = min(msg.last_event, point.events_tail)  # past the end = at the end
         self.events_tail, self.sent_before = point.events_tail, point.sent_before
         if self.events_tail == 0:
             self.events_ready.set()
@@ -187,6 +215,21 @@ class Session:
         protocol.check_frame(data, self.gw.settings.max_frame_bytes)
         self.mic.put(data)
         self.gw.metrics.frames_in.inc()
+        now = asyncio.get_running_loop().time()
+        if now - self.audio_at > self.gw.settings.session_idle_s / 2:
+            await self._claim_again(self.sid)
+        self.audio_at = now
+
+    async def _claim_again(self, sid: str) -> None:
+        """Audio after a long silence: the VAD may have let the session go (idle), so
+        claim it again. Its worker, if it still holds the session, hands it over."""
+        claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
+        msg_id = f"claim.{sid}.{claim.started_ms}"
+        try:
+            await bus.publish(self.gw.js, self.gw.subjects.work("vad"), claim, msg_id=msg_id)
+        except (NatsError, TimeoutError) as exc:  # the frame is queued; the next one retries
+            log.warning("session %s: claim after silence failed: %s", sid, exc)
+            self.audio_at = 0.0
 
     async def client_cancel(self, sid: str) -> None:
         turn = self.current_turn
@@ -204,8 +247,13 @@ class Session:
             await bus.publish_core(
                 self.gw.nc, self.gw.subjects.control(self.sid), SessionEnd(self.sid)
             )
+        await self._close(1000, "session ended")
+
+    async def _close(self, code: int, reason: str) -> None:
         self.open = False
-        await self.ws.close(1000, "session ended")
+        async with self.send_lock:
+            with contextlib.suppress(RuntimeError):  # the client closed first
+                await asyncio.wait_for(self.ws.close(code, reason), SEND_TIMEOUT_S)
 
     async def cancel_turn(self, turn: str, reason: str) -> None:
         """Drop the turn's audio and tell the client once; record it on EVENTS for resume."""
@@ -291,9 +339,15 @@ class Session:
         if not self.open:
             return
         try:
-            await self.ws.send_text(json.dumps(obj, separators=(",", ":")))
-            if pcm is not None:
-                await self.ws.send_bytes(pcm)
+            await asyncio.wait_for(self._send(obj, pcm), SEND_TIMEOUT_S)
+        except TimeoutError:
+            log.info("session %s: the client reads nothing; sending stops", self.sid)
+            self.open = False
         except Exception as exc:  # the client went away mid-send
             log.debug("session %s: send failed: %s", self.sid, exc)
             self.open = False
+
+    async def _send(self, obj: dict[str, Any], pcm: bytes | None) -> None:
+        await self.ws.send_text(json.dumps(obj, separators=(",", ":")))
+        if pcm is not None:
+            await self.ws.send_bytes(pcm)

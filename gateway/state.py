@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from starlette.requests import HTTPConnection
 
 from gateway.metrics import Metrics
 from gateway.overload import Load
-from schemas import LlmRequest, Subjects, Transcript
+from gateway.quota import Quota
+from gateway.session_book import SessionBook
+from schemas import (
+    ErrorEvent,
+    LlmRequest,
+    MessageError,
+    ReplyCancelled,
+    ReplyDone,
+    Subjects,
+    Transcript,
+    decode,
+)
 from streams import bus
 from streams.settings import Settings
+
+log = logging.getLogger("morgan.gateway")
+TURN_ENDS = (ReplyDone.TYPE, ReplyCancelled.TYPE, ErrorEvent.TYPE)
+"""Event types that end a turn, for the quota of typed turns in flight."""
 
 
 @dataclass
@@ -23,23 +41,51 @@ class Gateway:
     js: JetStreamContext
     metrics: Metrics
     load: Load
+    book: SessionBook
+    quota: Quota
 
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.settings.prefix)
 
-    async def typed_turn(self, sid: str, text: str, turn: str | None = None) -> str:
-        """Start a turn from typed text: a transcript event, then work for the LLM."""
+    async def typed_turn(self, client: str, sid: str, text: str, turn: str | None = None) -> str:
+        """Start a turn from typed text: a transcript event, then work for the LLM.
+
+        Counted against the client's and the session's share of turns in flight
+        (``too_many_turns`` past it) until the turn's end is seen.
+        """
         turn = turn or new_turn()
+        self.quota.start_turn(client, sid, turn)
         s = self.subjects
         event = Transcript(sid, turn, text)
-        await bus.publish(
-            self.js, s.events(sid, event.TYPE), event, msg_id=f"{sid}.{turn}.transcript"
-        )
-        await bus.publish(
-            self.js, s.work("llm"), LlmRequest(sid, turn, text), msg_id=f"{sid}.{turn}.llm"
-        )
+        try:
+            await bus.publish(
+                self.js, s.events(sid, event.TYPE), event, msg_id=f"{sid}.{turn}.transcript"
+            )
+            await bus.publish(
+                self.js, s.work("llm"), LlmRequest(sid, turn, text), msg_id=f"{sid}.{turn}.llm"
+            )
+        except BaseException:
+            self.quota.finish(sid, turn)
+            raise
         return turn
+
+    async def watch_turn_ends(self) -> list[Subscription]:
+        """Release each typed turn's share when its end is published (any session)."""
+
+        async def ended(raw: Msg) -> None:
+            try:
+                event = decode(raw.headers, raw.data)
+            except MessageError as exc:
+                log.debug("turn end: %s", exc)
+                return
+            sid, turn = getattr(event, "sid", ""), getattr(event, "turn", "")
+            self.quota.finish(str(sid), str(turn))
+
+        prefix = self.settings.prefix
+        return [
+            await self.nc.subscribe(f"{prefix}.events.*.{kind}", cb=ended) for kind in TURN_ENDS
+        ]
 
 
 def new_turn() -> str:

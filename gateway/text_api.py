@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
-import json
 import uuid
 import wave
-from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway import auth
 from gateway.audio_order import AudioOrder
-from gateway.protocol import ProtocolError, check_session_id, text_of
+from gateway.http_body import BodyRefused, read_body
+from gateway.protocol import ProtocolError, load_object, resume_fields, text_of
 from gateway.state import Gateway, new_turn
 from schemas import AudioChunk, ErrorEvent, Message, MessageError, ReplyCancelled, ReplyDone, decode
 
@@ -76,20 +77,28 @@ class TurnReply:
 
 
 async def post_text(request: Request, gw: Gateway) -> JSONResponse:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        return _error(413, "too_large", f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:  # http_body: refused at the limit while reading, 408 past the deadline
+        raw = await read_body(request, MAX_BODY_BYTES, gw.settings.http_body_timeout_s)
+    except BodyRefused as exc:
+        return exc.response()
     try:
-        body: Any = json.loads(raw)
-        if not isinstance(body, dict):
-            raise ProtocolError("bad_json", "the body must be a JSON object")
+        body = load_object(raw, "the body")
         text = text_of(body)
-        sid = body.get("session_id")
-        sid = uuid.uuid4().hex if sid is None else check_session_id(sid)
+        sid, token = resume_fields(body)
     except ProtocolError as exc:
         return _error(422, exc.code, exc.message)
-    except ValueError as exc:  # not JSON, or not UTF-8
-        return _error(422, "bad_json", f"the body must be a JSON object: {exc}")
+    keys = gw.settings.api_key_set
+    try:
+        if sid is None:  # a new session: its resume token goes back with the reply
+            sid = uuid.uuid4().hex
+            new_token: str | None = await gw.book.new_session(sid, auth.principal(request, keys))
+        else:
+            await gw.book.check(sid, token, auth.principal(request, keys))
+            new_token = None
+    except ProtocolError as exc:
+        return _error(404, exc.code, exc.message)
+    except (NatsError, TimeoutError) as exc:
+        return _unavailable(gw, exc)
 
     turn = new_turn()
     reply = TurnReply(turn)
@@ -99,23 +108,35 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         try:
             subs.append(await gw.nc.subscribe(s.events(sid), cb=reply.on_bus))
             subs.append(await gw.nc.subscribe(s.audio_out(sid), cb=reply.on_bus))
-            await gw.typed_turn(sid, text, turn)
+            await gw.typed_turn(auth.client_of(request, keys), sid, text, turn)
+        except ProtocolError as exc:  # too many turns in flight
+            retry = {"Retry-After": str(gw.settings.retry_after_s)}
+            return _error(429, exc.code, exc.message, retry)
         except (NatsError, TimeoutError) as exc:
-            return _error(503, "unavailable", f"the message bus is unavailable: {exc!r}")
+            return _unavailable(gw, exc)
         try:
             await asyncio.wait_for(reply.finished.wait(), gw.settings.text_timeout_s)
         except TimeoutError:
             return _error(504, "timeout", f"no complete reply in {gw.settings.text_timeout_s} s")
     finally:
         for sub in subs:
-            await sub.unsubscribe()
+            with contextlib.suppress(NatsError):  # the connection may be gone
+                await sub.unsubscribe()
     if reply.failure is not None:
         return _error(502, "reply_failed", reply.failure)
     audio = base64.b64encode(reply.wav()).decode()
-    return JSONResponse(
-        {"session_id": sid, "turn": turn, "text": reply.text, "audio_base64": audio}
-    )
+    answer = {"session_id": sid, "turn": turn, "text": reply.text, "audio_base64": audio}
+    if new_token is not None:
+        answer["resume_token"] = new_token
+    return JSONResponse(answer)
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+def _unavailable(gw: Gateway, exc: BaseException) -> JSONResponse:
+    retry = {"Retry-After": str(gw.settings.retry_after_s)}
+    return _error(503, "unavailable", f"the message bus is unavailable: {exc!r}", retry)
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)

@@ -69,8 +69,46 @@ class Settings(BaseSettings):
     Env: MORGAN_AUDIO_BACKLOG_S."""
     max_frame_bytes: int = Field(64000, ge=2)
     """Largest accepted binary WebSocket frame, bytes (2 s at 16 kHz)."""
+    max_sessions_per_client: int = Field(16, ge=1)
+    """Open WebSocket sessions one client may hold on one gateway, count (default 16); a
+    client is its API key, or its address without keys. Past it: 429. Env:
+    MORGAN_MAX_SESSIONS_PER_CLIENT."""
+    max_turns_per_session: int = Field(2, ge=1)
+    """Typed turns of one session being answered at once, count (default 2); past it the
+    client gets ``too_many_turns``. Env: MORGAN_MAX_TURNS_PER_SESSION."""
+    max_turns_per_client: int = Field(8, ge=1)
+    """Typed turns (WebSocket and REST) of one client being answered at once, count
+    (default 8). Env: MORGAN_MAX_TURNS_PER_CLIENT."""
+    start_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a new WebSocket may wait before its ``session.start``; then it is closed
+    (1008). Env: MORGAN_START_TIMEOUT_S."""
+    vad_claim_wait_s: float = Field(3.0, gt=0)
+    """New sessions get 503 while session claims have waited this long for a VAD worker
+    with room (every worker full, or none running), seconds (default 3). Env:
+    MORGAN_VAD_CLAIM_WAIT_S."""
     text_timeout_s: float = Field(60.0, gt=0)
     """Seconds POST /api/text waits for the whole reply. Env: MORGAN_TEXT_TIMEOUT_S."""
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a connection may take to send a complete request head (request line and
+    headers), from connecting or from the first byte of a later request; then it is closed
+    (408 when part of a head came). Env: MORGAN_HTTP_HEADER_TIMEOUT_S."""
+    http_body_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a request body may take to arrive in full; then 408 ``timeout`` (default
+    10). Env: MORGAN_HTTP_BODY_TIMEOUT_S."""
+    http_keep_alive_s: int = Field(5, ge=1)
+    """Seconds an idle keep-alive connection stays open between requests (default 5).
+    Behind a proxy that reuses idle connections longer, set it above the proxy's idle
+    timeout. Env: MORGAN_HTTP_KEEP_ALIVE_S."""
+    allowed_hosts: str = ""
+    """Comma-separated host names (no port) the gateway answers to besides IP literals,
+    ``localhost``, ``*.localhost`` and this machine's name; ``*.example.com`` allows the
+    subdomains, ``*`` any name; default empty. Others get 421 ``bad_host`` (DNS rebinding).
+    Behind a proxy that passes the Host header, list the public name.
+    Env: MORGAN_ALLOWED_HOSTS."""
+    allowed_origins: str = ""
+    """Comma-separated browser origins (``https://app.example``) that may open /ws and
+    POST /api/text besides the gateway's own origin; ``*`` = any; default empty. Others get
+    403 ``bad_origin`` (cross-site use). Env: MORGAN_ALLOWED_ORIGINS."""
 
     # --- vad ---
     vad_threshold: float = Field(0.5, gt=0, lt=1)

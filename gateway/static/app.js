@@ -26,7 +26,7 @@ class Pcm16 extends AudioWorkletProcessor {
 registerProcessor("pcm16", Pcm16);`;
 
 const state = {
-  ws: null, sessionId: null, lastEvent: 0, lastAudio: 0, ended: false, retry: 0,
+  ws: null, sessionId: null, resumeToken: null, lastEvent: 0, lastAudio: 0, ended: false, retry: 0,
   mic: null, pendingAudio: null, replies: new Map(), outRate: 22050,
 };
 
@@ -78,6 +78,7 @@ function onEvent(msg) {
   switch (msg.type) {
     case "session.ready":
       state.sessionId = msg.session_id;
+      if (msg.resume_token) state.resumeToken = msg.resume_token;
       state.outRate = msg.output.rate;
       state.retry = 0;
       $("status").textContent = msg.resumed ? "resumed" : "connected";
@@ -92,12 +93,21 @@ function onEvent(msg) {
       if (msg.flush) flush();
       if (state.replies.has(msg.turn)) state.replies.get(msg.turn).classList.add("cancelled");
       break;
-    case "error": line("err", `${msg.code}: ${msg.message}`); break;
+    case "error":
+      if (msg.code === "unknown_session") {  // the session expired: start a new one
+        state.sessionId = state.resumeToken = null;
+        state.lastEvent = state.lastAudio = 0;
+        state.ws.send(JSON.stringify(START));
+        break;
+      }
+      line("err", `${msg.code}: ${msg.message}`);
+      break;
     case "audio": state.pendingAudio = msg; break;
   }
 }
 
 // ---- the WebSocket, resumed after a drop ----
+const START = { type: "session.start", rate: 16000, format: "s16le", channels: 1 };
 function connect() {
   const url = new URL("/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
@@ -106,10 +116,10 @@ function connect() {
   ws.binaryType = "arraybuffer";
   state.ws = ws;
   ws.onopen = () => {
-    const start = { type: "session.start", rate: 16000, format: "s16le", channels: 1 };
+    const start = { ...START };
     if (state.sessionId) {
-      Object.assign(start, { session_id: state.sessionId, last_event: state.lastEvent,
-                             last_audio: state.lastAudio });
+      Object.assign(start, { session_id: state.sessionId, resume_token: state.resumeToken,
+                             last_event: state.lastEvent, last_audio: state.lastAudio });
     }
     ws.send(JSON.stringify(start));
   };

@@ -97,12 +97,15 @@ async def test_post_text_returns_the_reply_text_and_a_playable_wav_in_order(
     assert frames == pcm(0, 0) + pcm(0, 1) + pcm(1, 0)
 
 
-async def test_post_text_keeps_the_given_session_id(
+async def test_post_text_continues_a_session_with_its_resume_token(
     http: httpx.AsyncClient, js: JetStreamContext
 ) -> None:
-    response, request = await post_with(http, js, two_sentences, {"text": "hi", "session_id": "s1"})
-    assert response.status_code == 200 and request.sid == "s1"
-    assert response.json()["session_id"] == "s1"
+    first, _ = await post_with(http, js, two_sentences, {"text": "hi"})
+    sid, token = first.json()["session_id"], first.json()["resume_token"]
+    body = {"text": "again", "session_id": sid, "resume_token": token}
+    response, request = await post_with(http, js, two_sentences, body)
+    assert response.status_code == 200 and request.sid == sid
+    assert response.json()["session_id"] == sid and "resume_token" not in response.json()
 
 
 async def test_a_reply_without_sentences_is_an_empty_wav(
@@ -150,7 +153,8 @@ async def test_a_cancelled_or_failed_reply_is_502_with_the_reason(
 async def test_post_text_without_usable_text_is_422_with_a_reason(
     http: httpx.AsyncClient, content: bytes
 ) -> None:
-    response = await http.post("/api/text", content=content)
+    json_type = {"Content-Type": "application/json"}  # else 415 (gateway/http_guard.py)
+    response = await http.post("/api/text", content=content, headers=json_type)
     assert response.status_code == 422
     assert response.json()["error"] in {"bad_text", "bad_json", "bad_message"}
     assert response.json()["message"]

@@ -332,7 +332,8 @@ async def test_resume_after_a_disconnect_replays_missed_events_and_audio(
     gateway: RunningGateway, js: JetStreamContext
 ) -> None:
     client = await open_client(gateway)
-    sid = (await client.start())["session_id"]
+    first = await client.start()
+    sid, token = first["session_id"], first["resume_token"]
     await client.conn.send(FRAME)
     await client.conn.send(FRAME)
     await emit(js, Transcript(sid, "u1", "tell me a story"))
@@ -350,8 +351,11 @@ async def test_resume_after_a_disconnect_replays_missed_events_and_audio(
     await emit(js, ReplyDone(sid, "u1", "Once upon a time.", 2))
 
     client = await open_client(gateway)
-    ready = await client.start(session_id=sid, last_event=last_event, last_audio=last_audio)
+    ready = await client.start(
+        session_id=sid, resume_token=token, last_event=last_event, last_audio=last_audio
+    )
     assert ready["resumed"] is True and ready["session_id"] == sid
+    assert "resume_token" not in ready  # only its hash is kept
     got = [await client.recv() for _ in range(4)]
     events = [g["type"] for g in got if g["type"] != "audio"]
     audio = [(g["seq"], g["chunk"]) for g in got if g["type"] == "audio"]
@@ -435,7 +439,8 @@ async def test_resume_does_not_resend_audio_of_a_turn_cancelled_before_the_drop(
     gateway: RunningGateway, js: JetStreamContext, nc: Nats
 ) -> None:
     client = await open_client(gateway)
-    sid = (await client.start())["session_id"]
+    first = await client.start()
+    sid, token = first["session_id"], first["resume_token"]
     await speak(js, chunk(sid, "u1", 0, 0, False))
     last_audio = (await client.recv())["id"]
     await bus.publish_core(nc, Subjects().control(sid), Cancel(sid, "u1", "barge-in"))
@@ -448,7 +453,7 @@ async def test_resume_does_not_resend_audio_of_a_turn_cancelled_before_the_drop(
     await speak(js, chunk(sid, "u1", 0, 1, True))  # the TTS had not heard of the cancel
 
     client = await open_client(gateway)
-    await client.start(session_id=sid, last_event=0, last_audio=last_audio)
+    await client.start(session_id=sid, resume_token=token, last_event=0, last_audio=last_audio)
     replayed = await client.recv()  # the recorded cancel, now with its event id
     assert (replayed["type"], replayed["turn"], replayed["id"]) == ("reply.cancelled", "u1", 1)
     await speak(js, chunk(sid, "u2", 0, 0, True))

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
-from tests.system.morgan_process import send_frames
+from tests.system.morgan_process import connect_when_served, send_frames
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Talker:
 
     @classmethod
     async def open(cls, url: str) -> Talker:
-        ws = await connect(url.replace("http", "ws", 1) + "/ws", max_size=None, open_timeout=30)
+        ws = await connect_when_served(url.replace("http", "ws", 1) + "/ws")
         talker = cls(ws)
         await ws.send(json.dumps({"type": "session.start", "rate": 16000, "format": "s16le"}))
         ready = json.loads(await asyncio.wait_for(ws.recv(), 30))

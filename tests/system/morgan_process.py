@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAME = 1024  # bytes: 32 ms of 16 kHz s16le
@@ -112,6 +113,19 @@ class Turn:
         return self.done is not None and self.last_chunks >= self.done["sentences"]
 
 
+async def connect_when_served(ws_url: str, patience_s: float = 60.0) -> ClientConnection:
+    """Open a WebSocket as a well-behaved client does: a 503 (every VAD worker busy or
+    dead for a moment, during chaos) is tried again after its Retry-After."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return await connect(ws_url, max_size=None, open_timeout=30)
+        except InvalidStatus as exc:
+            if exc.response.status_code != 503 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(float(exc.response.headers.get("Retry-After", "1")))
+
+
 class VoiceClient:
     """A WebSocket client of docs/protocol.md, recording everything per turn."""
 
@@ -125,7 +139,7 @@ class VoiceClient:
 
     @classmethod
     async def open(cls, url: str) -> VoiceClient:
-        ws = await connect(url.replace("http", "ws") + "/ws", max_size=None)
+        ws = await connect_when_served(url.replace("http", "ws") + "/ws")
         client = cls(ws)
         await ws.send(json.dumps({"type": "session.start", "rate": 16000, "format": "s16le"}))
         ready = json.loads(await ws.recv())

@@ -171,6 +171,7 @@ def test_docker_cli_loads_the_swarm_stack_without_an_engine() -> None:
         text=True,
         cwd=ROOT,
         timeout=60,
+        env={**os.environ, "PUBLIC_HOST": "morgan.example.org"},  # required by the stack
     )
     assert out.returncode == 0, out.stderr
     assert "node.labels.morgan.gpu == true" in out.stdout

@@ -25,9 +25,25 @@ def test_session_start_fields_default_to_16khz_s16le_mono() -> None:
     assert protocol.parse('{"type":"session.start"}') == protocol.Start()
 
 
+TOKEN = "r" * 32
+
+
 def test_resume_fields_are_parsed() -> None:
-    raw = {"type": "session.start", "session_id": "abc", "last_event": 7, "last_audio": 9}
-    assert protocol.parse(json.dumps(raw)) == protocol.Start("abc", 7, 9)
+    raw = {
+        "type": "session.start",
+        "session_id": "abc",
+        "resume_token": TOKEN,
+        "last_event": 7,
+        "last_audio": 9,
+    }
+    assert protocol.parse(json.dumps(raw)) == protocol.Start("abc", TOKEN, 7, 9)
+
+
+def test_the_largest_cursor_is_accepted() -> None:
+    raw: dict[str, object] = {"type": "session.start", "session_id": "abc", "resume_token": TOKEN}
+    raw["last_event"] = raw["last_audio"] = protocol.MAX_CURSOR
+    start = protocol.parse(json.dumps(raw))
+    assert isinstance(start, protocol.Start) and start.last_event == 2**63 - 1
 
 
 @pytest.mark.parametrize(
@@ -66,6 +82,16 @@ def test_any_audio_format_but_16khz_s16le_mono_is_refused(fields: dict[str, obje
         {"session_id": 5},
         {"last_event": -1},
         {"last_audio": "3"},
+        {"last_event": 2**63},
+        {"last_audio": 2**64 + 5},
+        {"last_event": 10**4000},
+        {"last_event": 1.5},
+        {"last_event": True},
+        {"session_id": "abc"},
+        {"session_id": "abc", "resume_token": "short"},
+        {"session_id": "abc", "resume_token": 12345678901234567890},
+        {"session_id": "abc", "resume_token": "x" * 16 + "."},
+        {"resume_token": TOKEN},
     ],
 )
 def test_malformed_resume_fields_are_bad_message(fields: dict[str, object]) -> None:
@@ -75,6 +101,36 @@ def test_malformed_resume_fields_are_bad_message(fields: dict[str, object]) -> N
 @pytest.mark.parametrize("text", ["", "   ", None, 5])
 def test_empty_or_missing_text_is_bad_text(text: object) -> None:
     assert code_of(json.dumps({"type": "text", "text": text})) == "bad_text"
+
+
+def test_text_with_a_lone_surrogate_is_bad_text() -> None:
+    assert code_of('{"type":"text","text":"hi \\ud800 there"}') == "bad_text"
+
+
+def test_an_escaped_surrogate_pair_is_ordinary_text() -> None:
+    assert protocol.parse('{"type":"text","text":"\\ud83d\\ude00"}') == protocol.Text("\U0001f600")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type":"sing","x":"\\udfff"}',
+        '{"type":"session.start","\\ud800":1}',
+        '{"type":"text","text":"ok","x":' + "[" * 1000 + "]" * 1000 + "}",
+        '{"type":"text","text":"ok","x":' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"type":"text","text":"ok","x":' + "[" * (protocol.MAX_DEPTH + 1) + "]" * 17 + "}",
+        '{"type":"session.start","last_event":' + "7" * 5000 + "}",
+        "[" * 1000,
+        '"\\ud800"',
+    ],
+)
+def test_deep_huge_or_unencodable_json_is_bad_json(raw: str) -> None:
+    assert code_of(raw) == "bad_json"
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    deep = "[" * (protocol.MAX_DEPTH - 1) + "]" * (protocol.MAX_DEPTH - 1)
+    assert protocol.parse('{"type":"cancel","x":' + deep + "}") == protocol.CancelReply()
 
 
 def test_overlong_text_is_bad_text() -> None:
@@ -111,4 +167,5 @@ def test_errors_render_as_client_error_messages() -> None:
         "type": "error",
         "code": "bad_text",
         "message": "text must be a non-empty string",
+        "retryable": False,
     }
