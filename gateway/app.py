@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from gateway import auth, http_guard, presence, text_api
+from gateway.errors import error_response
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.overload import Load
 from gateway.quota import Quota
@@ -39,6 +40,14 @@ from streams.settings import Settings
 
 log = logging.getLogger("morgan.gateway")
 STATIC = Path(__file__).with_name("static")
+PAGE_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+"""The page asks for the microphone and may carry an API key in its URL: no other site
+may frame it (a click-jacked permission prompt), and its URL is sent to no one."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -73,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/")
     async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -153,5 +162,4 @@ def _retry(gw: Gateway) -> dict[str, str]:
 def _refuse(
     gw: Gateway, status: int, code: str, message: str, headers: dict[str, str]
 ) -> JSONResponse:
-    gw.metrics.rejections.labels(code).inc()
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+    return error_response(status, code, message, headers=headers, metrics=gw.metrics)

@@ -22,6 +22,8 @@ from contextlib import aclosing
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from gateway.errors import error_response
+
 
 class BodyRefused(Exception):
     """A body the gateway will not take: 413 ``too_large``, 408 ``timeout``, or 400
@@ -35,9 +37,7 @@ class BodyRefused(Exception):
 
     def response(self) -> JSONResponse:
         close = {"Connection": "close"} if self.status != 413 else None
-        return JSONResponse(
-            {"error": self.code, "message": self.message}, status_code=self.status, headers=close
-        )
+        return error_response(self.status, self.code, self.message, headers=close)
 
 
 async def read_body(request: Request, limit_bytes: int, timeout_s: float) -> bytes:

@@ -27,17 +27,11 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.errors import error_response
 from gateway.metrics import Metrics
 from streams.settings import Settings
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def refused(status: int, code: str, message: str, metrics: Metrics | None = None) -> JSONResponse:
-    """The gateway's error body, counted in ``metrics`` when given."""
-    if metrics is not None:
-        metrics.rejections.labels(code).inc()
-    return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
 def names(text: str) -> frozenset[str]:
@@ -125,7 +119,7 @@ class HostGuard:
         if reason is None:
             await self.app(scope, receive, send)
             return
-        response = refused(421, "bad_host", reason, self.metrics)
+        response = error_response(421, "bad_host", reason, metrics=self.metrics)
         if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
             await response(scope, receive, send)
         else:  # a server without the denial-response extension answers 403
@@ -179,7 +173,7 @@ def origin_refusal(
         if key in {origin_key(a) for a in allowed if a}:
             return None
     message = f"origin {origin!r} may not use this gateway (MORGAN_ALLOWED_ORIGINS)"
-    return refused(403, "bad_origin", message, metrics)
+    return error_response(403, "bad_origin", message, metrics=metrics)
 
 
 def content_type_refusal(
@@ -193,4 +187,4 @@ def content_type_refusal(
     if media == "application/json":
         return None
     message = f"the body must be application/json, not {declared or 'untyped'}"
-    return refused(415, "bad_content_type", message, metrics)
+    return error_response(415, "bad_content_type", message, metrics=metrics)

@@ -59,6 +59,7 @@ def config(settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level.lower(),
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
         timeout_keep_alive=settings.http_keep_alive_s,
+        limit_concurrency=settings.http_max_connections,
     )
     log_redaction.install()  # after Config, which (re)configures uvicorn's loggers
     return cfg

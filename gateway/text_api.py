@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from gateway import auth
 from gateway.audio_order import AudioOrder
+from gateway.errors import error_response
 from gateway.http_body import BodyRefused, read_body
 from gateway.protocol import ProtocolError, load_object, resume_fields, text_of
 from gateway.state import Gateway, new_turn
@@ -86,7 +87,7 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         text = text_of(body)
         sid, token = resume_fields(body)
     except ProtocolError as exc:
-        return _error(422, exc.code, exc.message)
+        return error_response(422, exc.code, exc.message)
     keys = gw.settings.api_key_set
     try:
         if sid is None:  # a new session: its resume token goes back with the reply
@@ -96,7 +97,7 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
             await gw.book.check(sid, token, auth.principal(request, keys))
             new_token = None
     except ProtocolError as exc:
-        return _error(404, exc.code, exc.message)
+        return error_response(404, exc.code, exc.message)
     except (NatsError, TimeoutError) as exc:
         return _unavailable(gw, exc)
 
@@ -111,19 +112,21 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
             await gw.typed_turn(auth.client_of(request, keys), sid, text, turn)
         except ProtocolError as exc:  # too many turns in flight
             retry = {"Retry-After": str(gw.settings.retry_after_s)}
-            return _error(429, exc.code, exc.message, retry)
+            return error_response(429, exc.code, exc.message, headers=retry)
         except (NatsError, TimeoutError) as exc:
             return _unavailable(gw, exc)
         try:
             await asyncio.wait_for(reply.finished.wait(), gw.settings.text_timeout_s)
         except TimeoutError:
-            return _error(504, "timeout", f"no complete reply in {gw.settings.text_timeout_s} s")
+            return error_response(
+                504, "timeout", f"no complete reply in {gw.settings.text_timeout_s} s"
+            )
     finally:
         for sub in subs:
             with contextlib.suppress(NatsError):  # the connection may be gone
                 await sub.unsubscribe()
     if reply.failure is not None:
-        return _error(502, "reply_failed", reply.failure)
+        return error_response(502, "reply_failed", reply.failure)
     audio = base64.b64encode(reply.wav()).decode()
     answer = {"session_id": sid, "turn": turn, "text": reply.text, "audio_base64": audio}
     if new_token is not None:
@@ -133,10 +136,6 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
 
 def _unavailable(gw: Gateway, exc: BaseException) -> JSONResponse:
     retry = {"Retry-After": str(gw.settings.retry_after_s)}
-    return _error(503, "unavailable", f"the message bus is unavailable: {exc!r}", retry)
-
-
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+    return error_response(
+        503, "unavailable", f"the message bus is unavailable: {exc!r}", headers=retry
+    )

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     """Seconds an idle keep-alive connection stays open between requests (default 5).
     Behind a proxy that reuses idle connections longer, set it above the proxy's idle
     timeout. Env: MORGAN_HTTP_KEEP_ALIVE_S."""
+    http_max_connections: int = Field(2048, ge=1)
+    """Open connections one gateway serves at once, count (default 2048); past it HTTP
+    requests get 503 (uvicorn's limit_concurrency; WebSocket upgrades are bounded per client
+    by ``max_sessions_per_client`` instead). Env: MORGAN_HTTP_MAX_CONNECTIONS."""
     allowed_hosts: str = ""
     """Comma-separated host names (no port) the gateway answers to besides IP literals,
     ``localhost``, ``*.localhost`` and this machine's name; ``*.example.com`` allows the

@@ -229,6 +229,13 @@ async def test_the_page_and_its_script_are_served(http: httpx.AsyncClient) -> No
     assert script.status_code == 200 and "audioWorklet" in script.text
 
 
+async def test_the_page_may_not_be_framed_by_another_site(http: httpx.AsyncClient) -> None:
+    page = await http.get("/")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["referrer-policy"] == "no-referrer"
+
+
 async def test_health_is_503_while_nats_is_down(
     nats_server: embedded.EmbeddedNats, settings: Settings
 ) -> None:

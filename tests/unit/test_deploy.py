@@ -747,6 +747,14 @@ def test_traefik_starts_with_the_shipped_config_and_answers_ping(tmp_path: Path)
         log.close()
 
 
+def test_traefik_logs_no_request_paths_and_drops_idle_backends_before_the_gateway() -> None:
+    conf = load_yaml(DEPLOY / "traefik" / "traefik.yml")
+    # ?api_key= lives in the path of a browser's WebSocket URL.
+    assert conf["accessLog"]["fields"]["names"]["RequestPath"] == "drop"
+    idle = conf["serversTransport"]["forwardingTimeouts"]["idleConnTimeout"]
+    assert int(idle.removesuffix("s")) < Settings().http_keep_alive_s
+
+
 def test_traefik_check_is_not_vacuous_a_misspelt_key_stops_traefik(tmp_path: Path) -> None:
     text = (DEPLOY / "traefik" / "traefik.yml").read_text()
     conf = tmp_path / "traefik.yml"
