@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -17,6 +19,9 @@ from streams.definitions import AUDIO, EVENTS
 class ResumePoint:
     frame_seq: int
     """Number of the last microphone frame on AUDIO (the next one is this + 1)."""
+    silent_s: float
+    """Seconds since that frame was stored (since ever, without one): after a long
+    silence the VAD may have let the session go, and the next frame claims it again."""
     offset: int
     """Samples of microphone audio the session has so far."""
     events_tail: int
@@ -26,11 +31,14 @@ class ResumePoint:
 
 async def resume_point(js: JetStreamContext, s: Subjects, sid: str, last_audio: int) -> ResumePoint:
     frame_seq = offset = 0
+    silent_s = math.inf
     last_frame = await _last(js, AUDIO, s.audio_in(sid))
     if last_frame is not None:
         frame = decode(last_frame.headers, last_frame.data or b"")
         if isinstance(frame, AudioFrame):
             frame_seq, offset = frame.seq, frame.offset + len(frame.pcm) // 2
+        if last_frame.time is not None:
+            silent_s = (datetime.now(UTC) - last_frame.time).total_seconds()
     tail = await _last(js, EVENTS, s.events(sid))
     audio_tail = await _last(js, AUDIO, s.audio_out(sid))
     # A cursor past the session's last chunk means "everything so far", not "skip all
@@ -45,6 +53,7 @@ async def resume_point(js: JetStreamContext, s: Subjects, sid: str, last_audio: 
             pass
     return ResumePoint(
         frame_seq,
+        silent_s,
         offset,
         (tail.seq or 0) if tail is not None else 0,
         AlreadySent(last_audio, in_stream=in_stream),

@@ -6,7 +6,7 @@ await srv.stop()
 
 uvicorn runs with the HTTP edge's limits: deadlines on request heads and on refused
 bodies (gateway/http_timeouts.py), an explicit keep-alive, and secrets redacted from its logs
-(gateway/log_redaction.py).
+(gateway/log_filters.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from gateway import log_redaction
+from gateway import log_filters
 from gateway.app import create_app
 from gateway.http_timeouts import with_timeouts
+from gateway.ws_protocol import ClosingAwareWebSocket
 from streams.settings import Settings
 
 
@@ -54,14 +55,14 @@ def config(settings: Settings) -> uvicorn.Config:
         http=with_timeouts(
             header_s=settings.http_header_timeout_s, discard_s=settings.http_body_timeout_s
         ),
-        ws="websockets-sansio",
+        ws=ClosingAwareWebSocket,
         lifespan="on",
         log_level=settings.log_level.lower(),
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
         timeout_keep_alive=settings.http_keep_alive_s,
         limit_concurrency=settings.http_max_connections,
     )
-    log_redaction.install()  # after Config, which (re)configures uvicorn's loggers
+    log_filters.install()  # after Config, which (re)configures uvicorn's loggers
     return cfg
 
 

@@ -39,7 +39,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import protocol
 from gateway.audio_order import AlreadySent, AudioOrder
@@ -164,8 +164,9 @@ class Session:
             self.sid = sid
             try:
                 frame_seq = offset = 0
+                silent_s = 0.0
                 if resumed:
-                    frame_seq, offset = await self._prepare_resume(sid, msg)
+                    frame_seq, offset, silent_s = await self._prepare_resume(sid, msg)
                 else:
                     self.events_ready.set()
                 self.subs.append(await self.gw.nc.subscribe(s.control(sid), cb=self.on_control))
@@ -177,7 +178,7 @@ class Session:
                 self.mic = MicPublisher(
                     js, s.audio_in(sid), sid, seq=frame_seq, offset=offset, limit_s=backlog_s
                 )
-                self.audio_at = asyncio.get_running_loop().time()
+                self.audio_at = asyncio.get_running_loop().time() - silent_s
             except BaseException:
                 self.sid = None
                 for sub in self.subs:
@@ -187,14 +188,15 @@ class Session:
                 raise
             await self._write(protocol.ready(sid, token, OUTPUT_RATE))
 
-    async def _prepare_resume(self, sid: str, msg: protocol.Start) -> tuple[int, int]:
-        """Replay cursors for the client; the last microphone frame number and offset."""
+    async def _prepare_resume(self, sid: str, msg: protocol.Start) -> tuple[int, int, float]:
+        """Replay cursors for the client; the last microphone frame's number, the offset
+        after it, and how long ago it came."""
         point = await resume_point(self.gw.js, self.gw.subjects, sid, msg.last_audio)
         self.last_event = min(msg.last_event, point.events_tail)  # past the end = at the end
         self.events_tail, self.sent_before = point.events_tail, point.sent_before
         if self.events_tail == 0:
             self.events_ready.set()
-        return point.frame_seq, point.offset
+        return point.frame_seq, point.offset, point.silent_s
 
     async def _replay(self, stream: str, subject: str, cb: Any) -> Subscription:
         """An ordered consumer over the session's subject, from the stream's start."""
@@ -252,7 +254,7 @@ class Session:
     async def _close(self, code: int, reason: str) -> None:
         self.open = False
         async with self.send_lock:
-            with contextlib.suppress(RuntimeError):  # the client closed first
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # it closed first
                 await asyncio.wait_for(self.ws.close(code, reason), SEND_TIMEOUT_S)
 
     async def cancel_turn(self, turn: str, reason: str) -> None:

@@ -197,6 +197,8 @@ class Worker:
             return
         if isinstance(error, Superseded):
             log.warning("%s: %s", self.spec.kind, error)
+            if error.obsolete:
+                await raw.ack()
             return
         if error.retryable and (limit < 0 or delivered < limit):
             log.warning("%s: retry %d after %s", self.spec.kind, delivered, error)

@@ -13,6 +13,10 @@ reads nothing more, and stops (``Superseded``) when it finds its consumer gone o
 its KV write refused. Emits vad.speech_started / vad.speech_stopped,
 publishes ``Utterance`` to ``<prefix>.work.stt.<tier>``, and on speech during
 a reply publishes ``Cancel`` for the previous turn (barge-in).
+
+A session ends at its ``session.end``, or once no new audio arrived for
+``settings.session_idle_s`` (a client gone without one): its consumer is deleted and
+the claim acknowledged, freeing the slot. A stopping worker hands its sessions over.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import (
@@ -121,6 +126,10 @@ class VadSession:
         """After a takeover, keep every frame until the first utterance is out."""
         self.done_until = 0
         """Session sample offset up to which utterances were already published."""
+        self.heard_until = 0
+        """Session sample offset up to which frames were fed to the segmenter. Frames
+        held unacknowledged (pre-roll, an open utterance) come back after the consumer's
+        ack wait: audio already in ``frames``, neither heard twice nor news of the client."""
         self.next_turn = 1
         """A turn is named after the first frame after the previous utterance (or frame 1),
         which does not depend on ack timing, so a new owner names it the same."""
@@ -133,33 +142,46 @@ class VadSession:
         """KV revision of our last write; a write by a newer owner makes ours fail."""
 
     async def run(self) -> None:
-        ctx, settings = self.ctx, self.ctx.settings
-        self.kv = await progress_bucket(ctx.js, settings)
+        ctx = self.ctx
+        self.kv = await progress_bucket(ctx.js, ctx.settings)
         await self._take_over()
         sub = await ctx.js.pull_subscribe_bind(self.durable, stream=definitions.AUDIO)
+        try:
+            await self._listen(sub)
+        finally:
+            # fetch() never marks its queue done: a subscription left behind would make
+            # nc.drain() wait out its timeout when the worker stops.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        with contextlib.suppress(NotFoundError):
+            await ctx.js.delete_consumer(definitions.AUDIO, self.durable)
+
+    async def _listen(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Read frames until session.end, or until no audio came for ``session_idle_s``
+        (a client gone without session.end); hand the session over if the worker stops."""
+        ctx, settings = self.ctx, self.ctx.settings
         loop = asyncio.get_running_loop()
         heard = checked = loop.time()
         while not ctx.session_ended(self.sid):
             if ctx.draining:
                 raise Handoff()
+            if loop.time() - heard > settings.session_idle_s:
+                return
             if loop.time() - checked > OWNER_CHECK_S:
                 await self._check_owner()
                 checked = loop.time()
             try:
                 msgs = await sub.fetch(BATCH, timeout=IDLE_POLL_S)
             except TimeoutError:
-                if loop.time() - heard > settings.session_idle_s:
-                    break
                 continue
             except (ServiceUnavailableError, NotFoundError):  # our consumer may be gone:
                 await self._check_owner()  # stop (Superseded), never nak another's claim
                 checked = loop.time()
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
-            heard = loop.time()
-            await self._consume(msgs)
-        with contextlib.suppress(NotFoundError):
-            await ctx.js.delete_consumer(definitions.AUDIO, self.durable)
+            # Only new audio counts: an idle fetch may end with [] rather than a timeout.
+            if await self._consume(msgs):
+                heard = loop.time()
 
     async def _take_over(self) -> None:
         """Read the session's frames in order from the first one not yet acknowledged.
@@ -192,7 +214,7 @@ class VadSession:
         self.durable = cfg.durable_name
         if not await self._made_before():
             await definitions.ensure_consumer(js, definitions.AUDIO, cfg, timeout=CONSUMER_CREATE_S)
-        await self._write_progress(owner=owner, consumer=self.durable)
+        await self._write_progress(owner=owner, consumer=self.durable, claim=self._claim_seq())
         if previous:
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(definitions.AUDIO, previous)
@@ -239,18 +261,35 @@ class VadSession:
             else:
                 self.revision = await self.kv.create(self.sid, value)
         except KeyWrongLastSequenceError:
-            raise Superseded("another worker took this session over") from None
+            raise await self._superseded("another worker took this session over") from None
 
     async def _check_owner(self) -> None:
         """Stop if another worker took the session over (we were cut off, not dead)."""
         try:
             await self.ctx.js.consumer_info(definitions.AUDIO, self.durable)
         except NotFoundError:
-            raise Superseded("session consumer gone: another worker owns it") from None
+            raise await self._superseded("session consumer gone: another worker owns it") from None
         except Exception:
             return  # cannot tell now (reconnecting): keep going, ask again later
 
-    async def _consume(self, msgs: list[Msg]) -> None:
+    def _claim_seq(self) -> int:
+        """WORK stream sequence of the claim message we hold (0 in direct calls)."""
+        raw = self.ctx.raw
+        return raw.metadata.sequence.stream if raw is not None else 0
+
+    async def _superseded(self, why: str) -> Superseded:
+        """Superseded; ``obsolete`` when the new owner holds another claim message than
+        ours (a gateway claimed the session again), so that ours is dropped, not
+        redelivered to take the session back. Unknown (KV unreachable) counts as not."""
+        try:
+            await self._read_progress()
+        except (NatsError, TimeoutError):
+            return Superseded(why)
+        claim = self.progress.get("claim")
+        return Superseded(why, obsolete=claim is not None and claim != self._claim_seq())
+
+    async def _consume(self, msgs: list[Msg]) -> bool:
+        """Feed the frames not heard before to the segmenter; whether there were any."""
         new: list[_Frame] = []
         for raw in msgs:
             try:
@@ -264,6 +303,8 @@ class VadSession:
             if frame.offset + n <= self.done_until:  # already cut and sent by the last owner
                 await raw.ack()
                 continue
+            if frame.offset + n <= self.heard_until:  # a redelivery of a frame we hold
+                continue
             # A frame across that point (the gateway joins frames that queued while the bus
             # was slow, up to 1 s) keeps only its new part: the rest was heard already.
             cut = max(0, self.done_until - frame.offset)
@@ -271,8 +312,9 @@ class VadSession:
             if self.seg is None:
                 self.seg = Segmenter(config_of(self.ctx.settings), position=start)
             new.append(_Frame(frame.seq, start, frame.offset + n, pcm, raw))
+            self.heard_until = frame.offset + n
         if not new or self.seg is None:
-            return
+            return False
         self.seg.config = config_of(self.ctx.current_settings())  # live config applies at once
         self.frames.extend(new)
         samples = np.frombuffer(b"".join(f.pcm for f in new), dtype="<i2")
@@ -286,6 +328,7 @@ class VadSession:
                 await self._ended(event)
         if self.seg.idle and not self.hold:
             await self._ack(self.seg.safe_ack)
+        return True
 
     async def _started(self, event: Started) -> None:
         self.turn = f"u{self.next_turn}"

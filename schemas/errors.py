@@ -40,8 +40,14 @@ class Handoff(MorganError):
 class Superseded(MorganError):
     """Not a failure: this worker lost the work to another (it was cut off, not dead).
 
-    The runtime neither acks nor naks: the message is the new owner's now.
+    The runtime neither acks nor naks: the message is the new owner's now. Unless
+    ``obsolete``: the new owner took over with another message (a second claim for the
+    same session), and ours is acknowledged, or its redelivery would take the work back
+    and the two messages would take it from each other for ever.
     """
 
-    def __init__(self, message: str = "another worker owns this now") -> None:
+    def __init__(
+        self, message: str = "another worker owns this now", *, obsolete: bool = False
+    ) -> None:
         super().__init__(message, retryable=False, code="superseded")
+        self.obsolete = obsolete

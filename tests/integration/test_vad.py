@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import json
 import signal
 import uuid
 from types import SimpleNamespace
@@ -10,6 +14,7 @@ from typing import cast
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from processors import silero, vad
 from processors.context import Context
@@ -44,6 +49,13 @@ class Mic:
         await bus.publish(
             self.js, self.subjects.work("vad"), SessionClaim(self.sid), msg_id=f"claim.{self.sid}"
         )
+
+    async def live(self, pcm: bytes, chunk_ms: int = 100) -> None:
+        """Send ``pcm`` at the pace a microphone makes it."""
+        step = chunk_ms * 32  # bytes
+        for i in range(0, len(pcm), step):
+            await self.send(pcm[i : i + step])
+            await asyncio.sleep(chunk_ms / 1000)
 
     async def send(self, pcm: bytes) -> None:
         for i in range(0, len(pcm), FRAME):
@@ -241,3 +253,169 @@ async def test_a_stopping_worker_hands_its_sessions_over_at_once(
             await mic.send(sentence + silence(1200))
             utt = await stt.next(Utterance, timeout=20)
     assert utt.sid == mic.sid
+
+
+def held(names: set[str], mics: list[Mic]) -> list[str]:
+    """The sids of ``mics`` that have a VAD session consumer among ``names``."""
+    return [m.sid for m in mics if any(n.startswith(f"vad-{m.sid}-") for n in names)]
+
+
+async def audio_consumers(js: JetStreamContext) -> set[str]:
+    return {c.name for c in await js.consumers_info(definitions.AUDIO)}
+
+
+IDLE_MARGIN_S = 2.0
+"""How long past ``session_idle_s`` a silent session may stay held: its last fetch (0.25 s)
+and the ack, with room for a loaded machine. Before the fix a silent session counted as
+heard whenever a fetch returned: with ``[]`` (nats-py ends about one idle fetch in ten
+so) or with its own unacknowledged pre-roll frames, redelivered every ack wait."""
+
+
+async def test_sessions_whose_client_went_silent_are_released_after_the_idle_limit(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Clients that vanished without session.end send nothing more: their sessions give
+    back their slots as session.end would, claim acked and session consumer deleted."""
+    idle = settings.model_copy(update={"session_idle_s": 2.0})
+    mics = [Mic(js, idle) for _ in range(8)]
+    async with running(vad.SPEC, idle) as worker:
+        for mic in mics:
+            await mic.claim()
+            await mic.send(silence(200))
+        await until(lambda: len(worker.in_flight) == len(mics))
+        released = lambda: worker.handled == len(mics) and not worker.in_flight  # noqa: E731
+        await until(released, timeout=idle.session_idle_s + IDLE_MARGIN_S)
+        work = await js.stream_info(definitions.WORK)
+        assert work.state.messages == 0  # every claim acked, none handed back
+        assert held(await audio_consumers(js), mics) == []
+
+
+async def test_a_session_that_keeps_sending_silence_outlives_the_idle_limit(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    idle = settings.model_copy(update={"session_idle_s": 1.0})
+    mic = Mic(js, idle)
+    async with running(vad.SPEC, idle) as worker:
+        await mic.claim()
+        await mic.send(silence(100))
+        await until(lambda: bool(worker.in_flight))
+        await mic.live(silence(4000 * int(idle.session_idle_s)))
+        assert worker.in_flight and worker.handled == 0
+        assert held(await audio_consumers(js), [mic]) == [mic.sid]
+
+
+async def test_a_worker_full_of_abandoned_sessions_serves_new_ones_once_they_expire(
+    settings: Settings, js: JetStreamContext, sentence: bytes
+) -> None:
+    idle = settings.model_copy(update={"session_idle_s": 2.0})
+    spec = dataclasses.replace(vad.SPEC, concurrency=3)
+    gone = [Mic(js, idle) for _ in range(spec.concurrency)]
+    new = [Mic(js, idle) for _ in range(spec.concurrency)]
+    async with (
+        stream_inbox(js, f"{idle.prefix}.events.>") as events,
+        running(spec, idle) as worker,
+    ):
+        for mic in gone:
+            await mic.claim()
+            await mic.send(silence(200))
+        await until(lambda: len(worker.in_flight) == spec.concurrency)
+        for mic in new:  # queued behind the abandoned sessions
+            await mic.claim()
+            await mic.send(silence(300) + sentence + silence(1200))
+        heard: set[str] = set()
+        async with asyncio.timeout(idle.session_idle_s + IDLE_MARGIN_S + 3):
+            while len(heard) < len(new):
+                heard.add((await events.next(SpeechStopped)).sid)
+    assert heard == {mic.sid for mic in new}
+
+
+async def test_a_worker_stopped_while_holding_many_sessions_logs_no_traceback(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Sessions left their subscriptions behind; one with a message taken off its queue
+    by ``fetch`` (never marked done) kept nc.drain() waiting until the runtime cancelled
+    it, which logged nats-py's ``_GatheringFuture exception was never retrieved``."""
+    mics = [Mic(js, settings) for _ in range(20)]
+    worker = ChildWorker("vad", settings)
+    try:
+        await worker.wait_ready()
+        for mic in mics:
+            await mic.claim()
+            await mic.send(silence(200))
+
+        async def all_held() -> bool:
+            return len(held(await audio_consumers(js), mics)) == len(mics)
+
+        await until(all_held, timeout=60)
+        await asyncio.sleep(3)  # not a wait for anything: sessions sit idle between turns
+
+        async def talk() -> None:  # and the clients keep sending while the worker stops
+            while True:
+                for mic in mics:
+                    await mic.send(silence(32))
+                await asyncio.sleep(0.03)
+
+        talking = asyncio.create_task(talk())
+        try:
+            code = await asyncio.to_thread(worker.terminate)
+        finally:
+            talking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await talking
+    finally:
+        if worker.proc.poll() is None:
+            worker.kill()
+    log = b"".join(worker.log).decode(errors="replace")
+    assert code == 0, log
+    for bad in ("Traceback", "never retrieved", "exception was never"):
+        assert bad not in log, log
+
+
+async def test_audio_redelivered_during_a_long_utterance_is_not_heard_twice(
+    settings: Settings, js: JetStreamContext, sentence: bytes
+) -> None:
+    """Frames held unacknowledged (an open utterance, pre-roll) come back from JetStream
+    after the consumer's ack wait; they are audio the session already has."""
+    quick = settings.model_copy(update={"claim_ack_wait_s": 1.0})
+    mic = Mic(js, quick)
+    async with work_inbox(js, "stt-cpu") as stt, running(vad.SPEC, quick):
+        await mic.claim()
+        await mic.live(silence(600) + sentence + silence(1200))
+        utt = await stt.next(Utterance)
+    assert len(sentence) * 0.9 < len(utt.pcm) < len(sentence) + 2 * 16000
+    words = transcribe(utt.pcm).lower()
+    assert "fox" in words and "story" in words
+
+
+async def test_a_second_claim_for_a_held_session_takes_it_over_once_and_settles(
+    settings: Settings, js: JetStreamContext, sentence: bytes
+) -> None:
+    """A gateway claims a session again (audio after a long silence) while its VAD still
+    holds it: the second claim takes the session over, the first is dropped rather than
+    redelivered every ack wait to take it back, and speech is heard once."""
+    mic = Mic(js, settings)
+    kv = await vad.progress_bucket(js, settings)
+
+    async def owned_by(n: int) -> bool:
+        with contextlib.suppress(KeyNotFoundError):
+            return bool(json.loads((await kv.get(mic.sid)).value or b"{}")["owner"] == n)
+        return False
+
+    async with (
+        work_inbox(js, "stt-cpu") as stt,
+        running(vad.SPEC, settings) as worker,
+    ):
+        await mic.claim()
+        await mic.send(silence(300))
+        await until(lambda: worker.in_flight != set())
+        await bus.publish(
+            js, mic.subjects.work("vad"), SessionClaim(mic.sid), msg_id=f"claim.{mic.sid}.2"
+        )
+        await until(lambda: owned_by(2))
+        # Three claim ack waits: a redelivered first claim would have taken it back.
+        await asyncio.sleep(3 * settings.claim_ack_wait_s)
+        assert await owned_by(2) and len(worker.in_flight) == 1
+        await mic.send(sentence + silence(1200))
+        utt = await stt.next(Utterance)
+        assert await stt.quiet_for(2.0) == []
+    assert "fox" in transcribe(utt.pcm).lower()

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from gateway.http_guard import HostRule, names, origin_key, same_origin, split_host
-from gateway.log_redaction import RedactSecrets, redact
+from gateway.log_filters import RedactSecrets, redact
 
 RULE = HostRule(allowed=names("morgan.example, *.corp.example"), machine=names("box,box.lan"))
 

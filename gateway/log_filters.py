@@ -1,4 +1,4 @@
-"""Keep secrets out of the gateway's logs.
+"""Keep secrets, and clients' mistakes, out of the gateway's error log.
 
 uvicorn writes the path with its query string to the access log (HTTP) and to
 ``uvicorn.error`` (WebSocket handshakes), so ``/ws?api_key=...`` would land in clear
@@ -8,7 +8,12 @@ included. ``RedactSecrets`` rewrites such records before any handler sees them:
     /ws?api_key=s3cret          -> /ws?api_key=***
     Authorization: Bearer s3cret -> Authorization: ***
 
-``install()`` puts it on the loggers uvicorn and websockets write to; it is idempotent.
+``QuietClientFaults`` turns what uvicorn logs as an error with a traceback, though
+the client caused it and was answered correctly, into one INFO line: a WebSocket text
+frame that is not UTF-8 (closed with 1007, as RFC 6455 says). Any client could fill
+the log with those otherwise.
+
+``install()`` puts both on the loggers uvicorn writes to; it is idempotent.
 """
 
 from __future__ import annotations
@@ -43,10 +48,23 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class QuietClientFaults(logging.Filter):
+    """A client's protocol fault that the server already answered: INFO, no traceback."""
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.getMessage() in self.MESSAGES:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def install(loggers: tuple[str, ...] = LOGGERS) -> None:
-    """Add one ``RedactSecrets`` to each named logger (records are filtered where they are
-    made, so every handler and every propagated copy gets the clean text)."""
+    """Add the filters to each named logger (records are filtered where they are made, so
+    every handler and every propagated copy gets the clean record)."""
     for name in loggers:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
-            logger.addFilter(RedactSecrets())
+        for kind in (RedactSecrets, QuietClientFaults):
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
