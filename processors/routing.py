@@ -104,7 +104,9 @@ class TierRouter:
             return look
         if task is None or task.done():
             task = self._refreshing[kind] = asyncio.create_task(self._refresh(kind))
-        return look if look is not None else await task  # stale-while-revalidate
+        if look is not None:
+            return look  # stale-while-revalidate
+        return await asyncio.shield(task)  # one caller cancelled cancels no one else's look
 
     async def close(self) -> None:
         """Stop any look still under way."""
@@ -118,15 +120,16 @@ class TierRouter:
         seen_at = before.gpu_seen_at if before else -float("inf")
         pending = 0
         try:
-            # return_exceptions: a failing half must not leave the other running unawaited
-            tiers, info = await asyncio.wait_for(
-                asyncio.gather(
+            # return_exceptions: a failing half must not leave the other running unawaited.
+            # The gather is awaited here, not through wait_for: cancelled (the deadline, or
+            # close()), its outcome is still read, and asyncio logs no "never retrieved".
+            async with asyncio.timeout(1.0):
+                looked = await asyncio.gather(
                     live_tiers(self.nc, kind),
                     self.js.consumer_info(definitions.WORK, f"{kind}-gpu"),
                     return_exceptions=True,
-                ),
-                1.0,
-            )
+                )
+            tiers, info = looked
             if isinstance(tiers, BaseException):
                 raise tiers
             if isinstance(info, BaseException):

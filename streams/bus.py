@@ -14,6 +14,10 @@ from streams.settings import Settings
 log = logging.getLogger("morgan.bus")
 
 MSG_ID = "Nats-Msg-Id"
+DRAIN_S = 4
+"""Longest a connection's drain waits for its subscriptions, seconds: shorter than the
+5 s every caller allows ``drain()``, so nats-py ends it itself (cancelled from outside,
+it logs an exception that was never retrieved)."""
 
 
 async def connect(
@@ -45,6 +49,7 @@ async def connect(
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        drain_timeout=DRAIN_S,
     )
 
 

@@ -86,6 +86,10 @@ async def work_inbox(js: JetStreamContext, durable: str) -> AsyncIterator[Inbox]
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
+        # fetch() never marks its queue done: left subscribed, the test connection's drain
+        # would wait out its whole timeout.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 60.0) -> None:

@@ -56,7 +56,7 @@ from websockets.protocol import State
 from gateway.server import RunningGateway
 from schemas import LlmRequest, ReplyDone, Subjects, Transcript, decode
 from streams import bus
-from tests.integration.test_gateway_ws import emit
+from tests.integration.gateway_helpers import emit
 
 TIMEOUT = 5.0
 """Seconds any one answer may take; the gateway answers in milliseconds."""

@@ -25,20 +25,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from gateway.server import RunningGateway, start
+from gateway.server import RunningGateway
 from gateway.text_api import MAX_BODY_BYTES
 from streams.settings import Settings
+from tests.integration.gateway_helpers import serving
 
 TIMEOUT = 10.0
-
-
-@asynccontextmanager
-async def serving(settings: Settings, **update: Any) -> AsyncIterator[RunningGateway]:
-    srv = await start(settings.model_copy(update=update))
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
 class Raw:

@@ -7,20 +7,17 @@ the bus: events on EVENTS, reply audio on AUDIO, cancels on the control subject.
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import httpx
 import pytest
 from nats.aio.client import Client as Nats
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gateway.server import RunningGateway, start
 from schemas import (
-    AudioChunk,
     AudioFrame,
     Cancel,
     LlmRequest,
@@ -36,54 +33,14 @@ from schemas import (
 )
 from streams import bus, embedded
 from streams.settings import Settings
-
-TIMEOUT = 10.0
-FRAME = b"\x01\x00" * 512  # 32 ms at 16 kHz
-
-
-class Client:
-    """A WebSocket client that reads audio headers together with their bytes."""
-
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
-
-    async def send(self, obj: dict[str, Any]) -> None:
-        await self.conn.send(json.dumps(obj))
-
-    async def recv(self) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.conn.recv(), TIMEOUT)
-        assert isinstance(raw, str), f"expected a JSON text frame, got {len(raw)} bytes"
-        msg: dict[str, Any] = json.loads(raw)
-        if msg["type"] == "audio":
-            pcm = await asyncio.wait_for(self.conn.recv(), TIMEOUT)
-            assert isinstance(pcm, bytes) and len(pcm) == msg["bytes"]
-            msg["pcm"] = pcm
-        return msg
-
-    async def start(self, **extra: Any) -> dict[str, Any]:
-        await self.send(
-            {"type": "session.start", "rate": 16000, "format": "s16le", "channels": 1, **extra}
-        )
-        ready = await self.recv()
-        assert ready["type"] == "session.ready", ready
-        return ready
-
-
-async def open_client(gw: RunningGateway, query: str = "", **kw: Any) -> Client:
-    return Client(await connect(gw.ws_url + query, **kw))
-
-
-async def emit(js: JetStreamContext, event: Message) -> None:
-    sid = getattr(event, "sid")  # noqa: B009
-    await bus.publish(js, Subjects().events(sid, event.TYPE), event)
-
-
-async def speak(js: JetStreamContext, chunk: AudioChunk) -> None:
-    await bus.publish(js, Subjects().audio_out(chunk.sid), chunk)
-
-
-def chunk(sid: str, turn: str, seq: int, n: int, last: bool) -> AudioChunk:
-    return AudioChunk(sid, turn, seq, n, last, 22050, 0.0, bytes([seq, n]) * 100)
+from tests.integration.gateway_helpers import (
+    FRAME,
+    TIMEOUT,
+    chunk,
+    emit,
+    open_client,
+    speak,
+)
 
 
 async def listen(nc: Nats, subject: str) -> Subscription:

@@ -23,16 +23,18 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway import session
-from gateway.server import RunningGateway, start
+from gateway.server import RunningGateway
 from schemas import AudioChunk, ReplyDone, SessionClaim, Subjects, Transcript, decode
 from streams.settings import Settings
-from tests.integration.test_gateway_ws import (
+from tests.integration.bus_helpers import until
+from tests.integration.gateway_helpers import (
     FRAME,
     TIMEOUT,
     Client,
     chunk,
     emit,
     open_client,
+    serving,
     speak,
 )
 
@@ -59,6 +61,15 @@ async def still_works(client: Client) -> None:
     await client.send({"type": "text", "text": "still here?"})
     got = await client.recv()
     assert (got["type"], got["text"]) == ("transcript", "still here?"), got
+
+
+async def handshake_is(url: str, status: int) -> bool:
+    """Whether a WebSocket handshake gets ``status`` (101: accepted, then closed again)."""
+    try:
+        await (await connect(url)).close()
+    except InvalidStatus as exc:
+        return exc.response.status_code == status
+    return status == 101
 
 
 async def finish(js: JetStreamContext, sid: str, turn: str) -> None:
@@ -141,8 +152,7 @@ async def test_resuming_another_clients_session_needs_its_resume_token(
 async def test_a_resume_token_works_only_with_the_key_that_opened_the_session(
     settings: Settings, js: JetStreamContext
 ) -> None:
-    srv = await start(settings.model_copy(update={"api_keys": "alice-key,mallory-key"}))
-    try:
+    async with serving(settings, api_keys="alice-key,mallory-key") as srv:
         alice = await open_client(srv, "?api_key=alice-key")
         ready = await alice.start()
         sid, token = ready["session_id"], ready["resume_token"]
@@ -157,8 +167,6 @@ async def test_a_resume_token_works_only_with_the_key_that_opened_the_session(
         alice = await open_client(srv, "?api_key=alice-key")
         again = await alice.start(session_id=sid, resume_token=token)
         assert again["resumed"] is True
-    finally:
-        await srv.stop()
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -246,8 +254,7 @@ async def test_a_client_is_held_to_its_share_of_turns_across_sessions_and_rest(
     settings: Settings, js: JetStreamContext
 ) -> None:
     limits = {"max_turns_per_session": 2, "max_turns_per_client": 3, "text_timeout_s": 30.0}
-    srv = await start(settings.model_copy(update=limits))
-    try:
+    async with serving(settings, **limits) as srv:
         first, second = await open_client(srv), await open_client(srv)
         await first.start()
         await second.start()
@@ -260,63 +267,37 @@ async def test_a_client_is_held_to_its_share_of_turns_across_sessions_and_rest(
             got = await http.post("/api/text", json={"text": "hi"})
         assert (got.status_code, got.json()["error"]) == (429, "too_many_turns")
         assert got.headers["Retry-After"] == str(settings.retry_after_s)
-    finally:
-        await srv.stop()
 
 
 async def test_a_client_past_its_share_of_open_sessions_gets_429(
     settings: Settings, js: JetStreamContext
 ) -> None:
-    srv = await start(settings.model_copy(update={"max_sessions_per_client": 2}))
-    try:
+    async with serving(settings, max_sessions_per_client=2) as srv:
         held = [await open_client(srv) for _ in range(2)]
         with pytest.raises(InvalidStatus) as info:
             await connect(srv.ws_url)
         assert info.value.response.status_code == 429
         assert b"too_many_sessions" in info.value.response.body
         await held[0].conn.close()  # a closed socket gives its share back
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while True:
-            try:
-                again = Client(await connect(srv.ws_url))
-                break
-            except InvalidStatus:
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.05)
-        await again.start()
-    finally:
-        await srv.stop()
+        await until(lambda: handshake_is(srv.ws_url, 101), timeout=TIMEOUT)
+        await (await open_client(srv)).start()
 
 
 async def test_new_sessions_get_503_while_no_vad_worker_takes_claims(
     settings: Settings, js: JetStreamContext
 ) -> None:
-    srv = await start(settings.model_copy(update={"vad_claim_wait_s": 0.5}))
-    try:
+    async with serving(settings, vad_claim_wait_s=0.5) as srv:
         waiting = await open_client(srv)  # no VAD runs: its claim stays pending
         await waiting.start()
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while True:
-            try:
-                await (await connect(srv.ws_url)).close()
-            except InvalidStatus as exc:
-                assert exc.response.status_code == 503
-                assert b"no voice activity worker has room" in exc.response.body
-                break
-            assert asyncio.get_running_loop().time() < deadline, "never refused"
-            await asyncio.sleep(0.2)
-        # Typed turns of open sessions go on, and REST is not refused for it.
+        await until(lambda: handshake_is(srv.ws_url, 503), timeout=TIMEOUT)
+        with pytest.raises(InvalidStatus) as info:
+            await connect(srv.ws_url)
+        assert b"no voice activity worker has room" in info.value.response.body
+        # Typed turns of open sessions go on.
         await still_works(waiting)
         await js.purge_stream("WORK", subject=Subjects().work("vad"))
-        while True:  # the claims were taken: new sessions are welcome again
-            try:
-                await (await connect(srv.ws_url)).close()
-                break
-            except InvalidStatus:
-                assert asyncio.get_running_loop().time() < deadline + TIMEOUT
-                await asyncio.sleep(0.2)
-    finally:
-        await srv.stop()
+        # The claims were taken: new sessions are welcome again.
+        await until(lambda: handshake_is(srv.ws_url, 101), timeout=TIMEOUT)
 
 
 # --- careless clients ---
@@ -325,8 +306,7 @@ async def test_new_sessions_get_503_while_no_vad_worker_takes_claims(
 async def test_a_socket_that_never_sends_session_start_is_closed_with_1008(
     settings: Settings, js: JetStreamContext
 ) -> None:
-    srv = await start(settings.model_copy(update={"start_timeout_s": 0.5}))
-    try:
+    async with serving(settings, start_timeout_s=0.5) as srv:
         idle = await connect(srv.ws_url)
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(idle.recv(), TIMEOUT)
@@ -336,15 +316,12 @@ async def test_a_socket_that_never_sends_session_start_is_closed_with_1008(
         await started.start()
         await asyncio.sleep(1.0)
         await still_works(started)
-    finally:
-        await srv.stop()
 
 
 async def test_audio_after_a_long_silence_claims_the_session_again(
     settings: Settings, js: JetStreamContext
 ) -> None:
-    srv = await start(settings.model_copy(update={"session_idle_s": 1.0}))
-    try:
+    async with serving(settings, session_idle_s=1.0) as srv:
         client = await open_client(srv)
         ready = await client.start()
         sid, token = ready["session_id"], ready["resume_token"]
@@ -360,8 +337,6 @@ async def test_audio_after_a_long_silence_claims_the_session_again(
         assert await read_claims(js, 1) == [sid]  # the resume's own claim was deduplicated
         await client.conn.send(FRAME)
         assert await read_claims(js, 0) == []
-    finally:
-        await srv.stop()
 
 
 async def read_claims(js: JetStreamContext, n: int) -> list[str]:

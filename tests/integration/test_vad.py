@@ -192,7 +192,9 @@ async def test_a_takeover_that_failed_midway_is_redone_without_remaking_its_cons
     consumer's start, which kept a session without a VAD for over a minute)."""
     mic = Mic(js, settings)
     await mic.send(silence(300))
-    ctx = cast(Context, SimpleNamespace(js=js, settings=settings, state=silero.load_session()))
+    ctx = cast(
+        Context, SimpleNamespace(js=js, settings=settings, state=silero.load_session(), raw=None)
+    )
 
     async def delivery() -> vad.VadSession:  # the session's claim, delivered once more
         session = vad.VadSession(SessionClaim(mic.sid), ctx)
