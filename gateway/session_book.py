@@ -18,10 +18,11 @@ import secrets
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from gateway.protocol import ProtocolError
+from streams import definitions
 from streams.settings import Settings
 
 BUCKET = "MORGAN_SESSIONS"
@@ -45,15 +46,10 @@ class SessionBook:
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> SessionBook:
-        try:
-            kv = await js.key_value(BUCKET)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=BUCKET, ttl=settings.events_max_age_s, replicas=settings.replicas
-                )
-            )
-        return cls(kv)
+        config = KeyValueConfig(
+            bucket=BUCKET, ttl=settings.events_max_age_s, replicas=settings.replicas
+        )
+        return cls(await definitions.key_value(js, config))
 
     async def new_session(self, sid: str, principal: str) -> str:
         """Record a new session for ``principal``; returns its resume token."""

@@ -34,7 +34,6 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
@@ -78,16 +77,10 @@ a cut-off owner's write fails once a new owner has written."""
 
 
 async def progress_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    try:
-        return await js.key_value(PROGRESS_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=PROGRESS_BUCKET,
-                ttl=settings.audio_max_age_s,
-                replicas=settings.replicas,
-            )
-        )
+    config = KeyValueConfig(
+        bucket=PROGRESS_BUCKET, ttl=settings.audio_max_age_s, replicas=settings.replicas
+    )
+    return await definitions.key_value(js, config)
 
 
 async def load(settings: Settings, tiers: tuple[str, ...]) -> Any:

@@ -39,11 +39,11 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from schemas.errors import Unavailable
+from streams import definitions
 from streams.consul import Consul, ConsulError
 from streams.settings import Settings
 
@@ -174,13 +174,10 @@ class ConsulStore:
 
 async def ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The MORGAN_CONFIG bucket, created on first use (idempotent)."""
-    try:
-        return await js.key_value(BUCKET)
-    except BucketNotFoundError:
-        cfg = KeyValueConfig(
-            bucket=BUCKET, history=5, storage=StorageType.FILE, replicas=settings.replicas
-        )
-        return await js.create_key_value(cfg)
+    cfg = KeyValueConfig(
+        bucket=BUCKET, history=5, storage=StorageType.FILE, replicas=settings.replicas
+    )
+    return await definitions.key_value(js, cfg)
 
 
 class NatsKvStore:

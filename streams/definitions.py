@@ -14,11 +14,13 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from schemas.subjects import KINDS, TIERED_KINDS, TIERS, Subjects
 from streams.settings import Settings
@@ -129,6 +131,16 @@ async def apply(js: JetStreamContext, settings: Settings) -> None:
             await js.update_stream(cfg)
     for consumer in work_consumers():
         await ensure_consumer(js, WORK, consumer.config(settings))
+
+
+async def key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Bind to a KV bucket, creating it on first use (creating it twice with the same
+    config is a no-op, so racing starts are safe)."""
+    assert config.bucket is not None
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(config)
 
 
 async def ensure_consumer(
