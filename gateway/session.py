@@ -172,8 +172,7 @@ class Session:
                 self.subs.append(await self.gw.nc.subscribe(s.control(sid), cb=self.on_control))
                 self.subs.append(await self._replay(EVENTS, s.events(sid), self.on_event))
                 self.subs.append(await self._replay(AUDIO, s.audio_out(sid), self.on_audio))
-                claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
-                await bus.publish(js, s.work("vad"), claim, msg_id=f"claim.{sid}")
+                await self._claim(sid)
                 backlog_s = self.gw.settings.audio_backlog_s
                 self.mic = MicPublisher(
                     js, s.audio_in(sid), sid, seq=frame_seq, offset=offset, limit_s=backlog_s
@@ -219,19 +218,21 @@ class Session:
         self.gw.metrics.frames_in.inc()
         now = asyncio.get_running_loop().time()
         if now - self.audio_at > self.gw.settings.session_idle_s / 2:
-            await self._claim_again(self.sid)
+            # After a long silence the VAD may have let the session go (idle): claim it
+            # again. A worker that still holds it hands it over.
+            try:
+                await self._claim(self.sid, again=True)
+            except (NatsError, TimeoutError) as exc:  # the frame is queued: the next retries
+                log.warning("session %s: claim after silence failed: %s", self.sid, exc)
+                return
         self.audio_at = now
 
-    async def _claim_again(self, sid: str) -> None:
-        """Audio after a long silence: the VAD may have let the session go (idle), so
-        claim it again. Its worker, if it still holds the session, hands it over."""
+    async def _claim(self, sid: str, *, again: bool = False) -> None:
+        """Ask one VAD worker to own the session; ``again`` is not deduplicated against
+        the first claim (Nats-Msg-Id ``claim.<sid>.<unix ms>``)."""
         claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
-        msg_id = f"claim.{sid}.{claim.started_ms}"
-        try:
-            await bus.publish(self.gw.js, self.gw.subjects.work("vad"), claim, msg_id=msg_id)
-        except (NatsError, TimeoutError) as exc:  # the frame is queued; the next one retries
-            log.warning("session %s: claim after silence failed: %s", sid, exc)
-            self.audio_at = 0.0
+        msg_id = f"claim.{sid}.{claim.started_ms}" if again else f"claim.{sid}"
+        await bus.publish(self.gw.js, self.gw.subjects.work("vad"), claim, msg_id=msg_id)
 
     async def client_cancel(self, sid: str) -> None:
         turn = self.current_turn
