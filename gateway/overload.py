@@ -1,14 +1,17 @@
 """Overload protection: watch the WORK queue and refuse new work when it is deep.
 
-A background task asks JetStream every ``POLL_S`` seconds for each shared work
-consumer's ``num_pending`` (the VAD's session claims are not work and are
-skipped); the depth is the largest. Past ``settings.max_queue_depth`` the
-gateway answers new sessions and POST /api/text with 503 + Retry-After.
+A background task lists the WORK stream's consumers every ``POLL_S`` seconds (one
+request) and reads each one's ``num_pending``; which consumers hold work and which hold
+session claims, their metadata says (``morgan.input``, from each kind's declaration),
+so kinds added later are watched too. The depth is the largest pending work. Past
+``settings.max_queue_depth`` the gateway answers new sessions and POST /api/text with
+503 + Retry-After.
 
-Session claims are watched apart: a VAD worker with a free slot takes a claim at
-once, so claims that stay pending for ``settings.vad_claim_wait_s`` mean every
-VAD worker is full (or none runs). New WebSocket sessions then get 503 too,
-instead of a session that nobody listens to.
+Session claims are watched apart: a worker with a free slot takes a claim at once, so
+claims that stay pending for ``settings.vad_claim_wait_s`` mean every worker of the
+claim kind is full (or none runs; before one ever ran there is no consumer, and the
+claims stored on its subject count). New WebSocket sessions then get 503 too, instead
+of a session that nobody listens to.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ import asyncio
 import logging
 import time
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 
 from gateway.metrics import Metrics
+from schemas import SessionClaim, Subjects
 from streams import definitions
+from streams.routes import Routes
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.gateway.overload")
@@ -32,9 +39,8 @@ class Load:
         self.settings = settings
         self.metrics = metrics
         self.depth = 0
-        self.durables = [c.durable for c in definitions.work_consumers() if c.kind != "vad"]
         self.claims_waiting_since: float | None = None
-        """When the VAD's claims were first seen pending, on a run of polls that all saw
+        """When session claims were first seen pending, on a run of polls that all saw
         some (monotonic seconds); None when the last poll saw none."""
 
     @property
@@ -43,19 +49,24 @@ class Load:
 
     @property
     def vad_full(self) -> bool:
-        """Whether session claims have waited too long for a VAD worker with room."""
+        """Whether session claims have waited too long for a worker with room."""
         since = self.claims_waiting_since
         return since is not None and time.monotonic() - since >= self.settings.vad_claim_wait_s
 
     async def poll_once(self, js: JetStreamContext) -> int:
-        depths = [0]
-        for durable in self.durables:
-            pending = await _pending(js, durable)
-            if pending is not None:
-                depths.append(pending)
-        self.depth = max(depths)
+        try:
+            consumers = await js.consumers_info(definitions.WORK)
+        except (NatsError, TimeoutError) as exc:  # NATS reconnecting: keep the last look
+            log.debug("listing work consumers: %r", exc)
+            return self.depth
+        self.depth = max([0, *(_pending(c) for c in consumers if _feeds(c) == "work")])
         self.metrics.queue_depth.set(self.depth)
-        claims = await _pending(js, "vad")
+        subject = claim_subject(self.settings)
+        claimers = [c for c in consumers if _feeds(c) == "claim" and _filter(c) == subject]
+        if claimers:
+            claims: int | None = sum(_pending(c) for c in claimers)
+        else:
+            claims = await _stored(js, subject)
         if claims == 0:
             self.claims_waiting_since = None
         elif claims is not None and self.claims_waiting_since is None:
@@ -69,11 +80,29 @@ class Load:
             await asyncio.sleep(POLL_S)
 
 
-async def _pending(js: JetStreamContext, durable: str) -> int | None:
-    """Messages not yet delivered to the work consumer ``durable``; None when unknown."""
-    try:
-        info = await js.consumer_info(definitions.WORK, durable, timeout=2.0)
-    except Exception as exc:  # not yet created, or NATS reconnecting
-        log.debug("consumer_info %s: %s", durable, exc)
-        return None
+def claim_subject(settings: Settings) -> str:
+    """Where a new voice session's claim goes (the route table's ``session.claim``)."""
+    kind = Routes.parse(settings.routes).next_kind("gateway", SessionClaim.TYPE)
+    return Subjects(settings.prefix).work(kind)
+
+
+def _feeds(info: ConsumerInfo) -> str:
+    return (info.config.metadata or {}).get(definitions.INPUT, "")
+
+
+def _filter(info: ConsumerInfo) -> str:
+    return info.config.filter_subject or ""
+
+
+def _pending(info: ConsumerInfo) -> int:
     return info.num_pending or 0
+
+
+async def _stored(js: JetStreamContext, subject: str) -> int | None:
+    """Messages the WORK stream holds on ``subject``; None when unknown."""
+    try:
+        info = await js.stream_info(definitions.WORK, subjects_filter=subject)
+    except (NatsError, TimeoutError) as exc:
+        log.debug("stream info %s: %r", subject, exc)
+        return None
+    return int((info.state.subjects or {}).get(subject, 0))

@@ -17,7 +17,6 @@ import json
 import secrets
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -25,7 +24,7 @@ from gateway.protocol import ProtocolError
 from streams import definitions
 from streams.settings import Settings
 
-BUCKET = "MORGAN_SESSIONS"
+BUCKET = definitions.SESSIONS
 TOKEN_BYTES = 24
 """Entropy of a resume token (32 URL-safe characters)."""
 
@@ -46,10 +45,7 @@ class SessionBook:
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> SessionBook:
-        config = KeyValueConfig(
-            bucket=BUCKET, ttl=settings.events_max_age_s, replicas=settings.replicas
-        )
-        return cls(await definitions.key_value(js, config))
+        return cls(await definitions.key_value(js, settings, definitions.SESSIONS))
 
     async def new_session(self, sid: str, principal: str) -> str:
         """Record a new session for ``principal``; returns its resume token."""

@@ -11,7 +11,7 @@ import sys
 
 from morgan import doctor
 from morgan.supervisor import Child, Supervisor, child_env
-from processors.kinds import KIND_MODULES
+from processors import registry
 from streams import embedded
 from streams.settings import Settings
 
@@ -27,15 +27,35 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _metrics_port(settings: Settings, index: int) -> dict[str, str]:
+    """Each child's own /metrics port: ``MORGAN_METRICS_PORT`` + 1 + its index (the
+    gateway serves /metrics on its HTTP port)."""
+    if not settings.metrics_port:
+        return {}
+    return {"MORGAN_METRICS_PORT": str(settings.metrics_port + 1 + index)}
+
+
 async def up(settings: Settings, nats_port: int) -> int:
-    """Everything on this machine: nats-server, one of each processor, the gateway."""
+    """Everything on this machine: nats-server, one worker of each enabled kind
+    (``MORGAN_KINDS``), the gateway."""
     port = nats_port if _port_free("127.0.0.1", nats_port) else 0
     srv = await embedded.start(store_dir=settings.data_dir / "nats", port=port)
     print(f"nats-server  {srv.url}  (monitoring {srv.monitor_url})", flush=True)
     env = child_env({"MORGAN_NATS_URL": srv.url})
     py = sys.executable
+    known = registry.kinds()
+    missing = [k for k in settings.kind_list if k not in known]
+    if missing:
+        print(f"MORGAN_KINDS names kinds not installed: {missing}; have {sorted(known)}")
+        return 2
     children = [
-        Child(kind, [py, "-m", "processors", kind], env, b" ready on ") for kind in KIND_MODULES
+        Child(
+            kind,
+            [py, "-m", "processors", kind],
+            {**env, **_metrics_port(settings, i)},
+            b" ready on ",
+        )
+        for i, kind in enumerate(settings.kind_list)
     ]
     children.append(Child("gateway", [py, "-m", "gateway"], env, b"Uvicorn running on"))
     sup = Supervisor(children)
@@ -94,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="run everything on this machine")
     u.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (busy = any)")
     r = sub.add_parser("run", help="run one processor (or the gateway) against MORGAN_NATS_URL")
-    r.add_argument("kind", choices=[*KIND_MODULES, "gateway"])
+    r.add_argument("kind", choices=[*sorted(registry.kinds()), "gateway"])
     sub.add_parser("doctor", help="what this host has and would serve")
     n = sub.add_parser("nats", help="run a nats-server node for this host")
     n.add_argument("--name", default=socket.gethostname())
@@ -117,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind == "gateway":
             from gateway.__main__ import main as gateway_main
 
-            gateway_main()
+            gateway_main(settings)
             return 0
         from processors.__main__ import main as processor_main
 
-        return processor_main([args.kind])
+        return processor_main([args.kind], settings)
     if args.command == "doctor":
         return asyncio.run(doctor.report(settings))
     return asyncio.run(run_nats(settings, args))

@@ -1,4 +1,4 @@
-"""``morgan doctor``: hardware, models, tiers, and whether NATS answers."""
+"""``morgan doctor``: hardware, models, the kinds and routes, and whether NATS answers."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from processors import hardware, models, routing
+from nats.errors import Error as NatsError
+
+from processors import hardware, models, registry, routing
 from processors.routing import TierRouter
-from schemas.subjects import TIERED_KINDS
+from processors.spec import EventTap, Spec
 from streams import bus, definitions
+from streams.routes import Routes
 from streams.settings import Settings
 
 
@@ -31,6 +34,35 @@ def _cores(settings: Settings) -> str:
     return f"{hardware.cpu_list(settings.cpu_set)} (MORGAN_CPUS){not_here}"
 
 
+def _kinds(settings: Settings) -> list[Spec]:
+    """Print each installed kind's declaration; returns the specs that loaded."""
+    print("kinds (built-in and entry points 'morgan.processors'; * = started by morgan up)")
+    specs: list[Spec] = []
+    for kind, target in sorted(registry.kinds().items()):
+        try:
+            spec = registry.spec(kind)
+        except (ImportError, registry.UnknownKind) as exc:
+            print(f"  {kind:<6} BROKEN {target}: {exc}")
+            continue
+        specs.append(spec)
+        mark = "*" if kind in settings.kind_list else " "
+        source = ", ".join(spec.input.types) if isinstance(spec.input, EventTap) else ""
+        feeds = f"{spec.feeds}{'(gpu/cpu)' if spec.tiered else ''}{f' {source}' if source else ''}"
+        deliveries = spec.deliveries(settings)
+        print(
+            f" {mark}{kind:<6} {feeds:<15} ack wait {spec.ack_wait(settings):g} s, "
+            f"deliveries {'unlimited' if deliveries < 0 else deliveries}, "
+            f"{spec.concurrency} at once; publishes " + ", ".join(m.TYPE for m in spec.publishes)
+        )
+    return specs
+
+
+def _routes(settings: Settings) -> None:
+    print("routes (sender: message type -> kind; MORGAN_ROUTES overrides)")
+    for sender, message_type, kind in Routes.parse(settings.routes).table():
+        print(f"  {sender}: {message_type:<14} -> {kind}")
+
+
 async def report(settings: Settings) -> int:
     hw = hardware.detect()
     tiers = hardware.serving_tiers(settings.tier_list, hw)
@@ -48,6 +80,8 @@ async def report(settings: Settings) -> int:
         print(f"  llm          openai-compatible {settings.llm_url} model={settings.llm_model}")
     else:
         print(f"  llm          {settings.llm_model or _check(models.smollm2_gguf_path)}")
+    specs = _kinds(settings)
+    _routes(settings)
     print("nats")
     ok = True
     try:
@@ -69,22 +103,24 @@ async def report(settings: Settings) -> int:
                 print(f"  stream {name:<7} {s.state.messages} msgs, replicas {replicas}")
             except Exception:
                 print(f"  stream {name:<7} not created yet (the first processor creates it)")
-        for c in definitions.work_consumers():
-            try:
-                ci = await js.consumer_info(definitions.WORK, c.durable)
+        for spec in specs:
+            for _, c in spec.consumers(settings, tiers):
+                try:
+                    ci = await js.consumer_info(c.stream, c.durable)
+                except (NatsError, TimeoutError):
+                    print(f"  {c.stream.lower()} {c.durable:<8} not created yet")
+                    continue
                 print(
-                    f"  work {c.durable:<8} pending {ci.num_pending}, "
+                    f"  {c.stream.lower()} {c.durable:<8} pending {ci.num_pending}, "
                     f"in progress {ci.num_ack_pending}, workers waiting {ci.num_waiting}"
                 )
-            except Exception:
-                pass
         print("routing (live workers from $SRV.PING, the registry every producer asks)")
         router = TierRouter(nc, js, settings)
-        for kind in ("vad", "stt", "llm", "tts"):
-            live = await routing.live_tiers(nc, kind)
-            line = f"  {kind:<4} live worker tiers: {','.join(sorted(live)) or 'none'}"
-            if kind in TIERED_KINDS:
-                line += f" -> work goes to {await router.tier_for(kind)}"
+        for spec in specs:
+            live = await routing.live_tiers(nc, spec.kind)
+            line = f"  {spec.kind:<4} live worker tiers: {','.join(sorted(live)) or 'none'}"
+            if spec.tiered:
+                line += f" -> work goes to {await router.tier_for(spec.kind)}"
             print(line)
         await router.close()
     except Exception as exc:

@@ -7,14 +7,13 @@ import logging
 import signal
 import sys
 
-from processors import hardware
-from processors.kinds import load_spec
+from processors import hardware, registry
 from processors.runtime import Worker
 from streams.settings import Settings
 
 
 async def run(kind: str, settings: Settings) -> None:
-    spec = load_spec(kind)
+    spec = registry.spec(kind)
     tiers = hardware.serving_tiers(settings.tier_list, hardware.detect())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -23,11 +22,18 @@ async def run(kind: str, settings: Settings) -> None:
     await Worker(spec, settings, tiers).serve(stop)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], settings: Settings | None = None) -> int:
+    """Run the kind ``argv[0]`` with ``settings`` (``morgan run`` passes its own), else
+    the environment's."""
     if len(argv) != 1:
         print("usage: python -m processors KIND", file=sys.stderr)
         return 2
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
+    if argv[0] not in registry.kinds():
+        print(
+            f"unknown processor kind {argv[0]!r}; have {sorted(registry.kinds())}", file=sys.stderr
+        )
+        return 2
     hardware.pin(settings.cpu_set)  # before any thread exists: threads inherit it
     logging.basicConfig(
         level=settings.log_level, format=f"%(asctime)s {argv[0]} %(levelname)s %(message)s"

@@ -1,4 +1,9 @@
-"""What a handler gets: its models, where to publish, and what was cancelled."""
+"""What a handler gets: its models, where to publish, and what was cancelled.
+
+``Context`` is the protocol a handler sees; ``BusContext`` is the runtime's, over
+NATS; ``processors.harness.MemoryContext`` keeps everything in memory for unit tests.
+A handler publishes only what its kind declares (``Spec.publishes``).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,67 @@ from typing import Any, Protocol
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
-from schemas import Cancel, Message, SessionEnd, Subjects
-from streams import bus
+from schemas import AudioChunk, Cancel, Message, MorganError, SessionEnd, Subjects
+from streams import bus, definitions
+from streams.routes import Routes
 from streams.settings import Settings
 
 _REMEMBERED = 4096
 
 
+class KvStore(Protocol):
+    """The part of a NATS KV bucket a handler may use."""
+
+    async def get(self, key: str) -> Any: ...
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int: ...
+
+
 class Router(Protocol):
     async def tier_for(self, kind: str) -> str: ...
+
+
+class Context(Protocol):
+    settings: Settings
+    """Settings when the message arrived (live config applies from the next message)."""
+    state: Any
+    """What the kind's loader returned (its models)."""
+    tier: str | None
+    """The tier the message came from (tiered work), else None."""
+
+    def current_settings(self) -> Settings:
+        """Settings as they are now: for long handlers (a session held for minutes)."""
+        ...
+
+    def cancelled(self, sid: str, turn: str) -> bool: ...
+
+    def session_ended(self, sid: str) -> bool: ...
+
+    @property
+    def draining(self) -> bool:
+        """The worker is stopping: take nothing new, hand long work over."""
+        ...
+
+    async def emit(
+        self, event: Message, *, msg_id: str, trace: dict[str, str] | None = None
+    ) -> None:
+        """Publish a client-visible event to ``<prefix>.events.<sid>.<type>``."""
+
+    async def forward(
+        self, work: Message, *, msg_id: str, trace: dict[str, str] | None = None
+    ) -> None:
+        """Send work to the kind the route table names for it (and a tier, if tiered).
+        ``trace`` replaces the message's trace headers (a new turn's root)."""
+
+    async def send_audio(self, chunk: AudioChunk, *, msg_id: str) -> None:
+        """Publish reply audio to ``<prefix>.audio.out.<sid>``."""
+
+    async def control(self, msg: Message) -> None:
+        """Publish a control message (cancel) to ``<prefix>.control.<sid>``, core NATS."""
+
+    async def key_value(self, bucket: str) -> KvStore: ...
 
 
 @dataclass
@@ -45,25 +101,54 @@ def _remember(d: OrderedDict[Any, None], key: Any) -> None:
         d.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class Onward:
+    """Where a kind's work goes next: the route table, which kinds are tiered, and the
+    router that picks a tier."""
+
+    routes: Routes
+    tiered: Callable[[str], bool]
+    """Whether a kind's work is tiered (processors.registry)."""
+    router: Router | None = None
+    """None sends tiered work to cpu."""
+
+    async def subject(self, subjects: Subjects, sender: str, message_type: str) -> str:
+        kind = self.routes.next_kind(sender, message_type)
+        if not self.tiered(kind):
+            return subjects.work(kind)
+        tier = "cpu" if self.router is None else await self.router.tier_for(kind)
+        return subjects.work(kind, tier)
+
+
+def undeclared(kind: str, msg: Message) -> MorganError:
+    return MorganError(
+        f"kind {kind} publishes {msg.TYPE!r} without declaring it in its Spec",
+        retryable=False,
+        code="undeclared",
+    )
+
+
 @dataclass
-class Context:
+class BusContext:
+    """A handler's context in the runtime: one per message."""
+
+    kind: str
+    publishes: tuple[type[Message], ...]
     settings: Settings
     nc: Client
     js: JetStreamContext
     state: Any
     tier: str | None
     signals: Signals
+    onward: Onward
     raw: Msg | None = None
     """The JetStream message being handled (None in direct calls)."""
     trace: dict[str, str] = field(default_factory=dict)
     """Headers to carry on (``traceparent``): one trace per turn across hosts."""
-    router: Router | None = None
-    """Chooses gpu or cpu tiers (processors.routing); None sends everything to cpu."""
     live: Callable[[], Settings] | None = None
     """The worker's settings now (live config); ``settings`` is the message-start snapshot."""
 
     def current_settings(self) -> Settings:
-        """For long handlers (a VAD session): settings as they are now, not at start."""
         return self.settings if self.live is None else self.live()
 
     @property
@@ -80,31 +165,34 @@ class Context:
     def draining(self) -> bool:
         return self.signals.draining.is_set()
 
+    def _declared(self, msg: Message) -> None:
+        if not isinstance(msg, self.publishes):
+            raise undeclared(self.kind, msg)
+
     async def emit(
         self, event: Message, *, msg_id: str, trace: dict[str, str] | None = None
     ) -> None:
-        """Publish a client-visible event to ``<prefix>.events.<sid>.<type>``."""
+        self._declared(event)
         sid = getattr(event, "sid")  # noqa: B009 - every event has a sid
         subject = self.subjects.events(sid, event.TYPE)
         await bus.publish(self.js, subject, event, msg_id=msg_id, headers=trace or self.trace)
 
-    async def send(
-        self, subject: str, msg: Message, *, msg_id: str, trace: dict[str, str] | None = None
+    async def forward(
+        self, work: Message, *, msg_id: str, trace: dict[str, str] | None = None
     ) -> None:
-        """Publish work or audio to a stream, deduplicated by ``msg_id``.
+        self._declared(work)
+        subject = await self.onward.subject(self.subjects, self.kind, work.TYPE)
+        await bus.publish(self.js, subject, work, msg_id=msg_id, headers=trace or self.trace)
 
-        ``trace`` replaces the handler's trace header (the VAD starts a trace per turn).
-        """
-        await bus.publish(self.js, subject, msg, msg_id=msg_id, headers=trace or self.trace)
+    async def send_audio(self, chunk: AudioChunk, *, msg_id: str) -> None:
+        self._declared(chunk)
+        subject = self.subjects.audio_out(chunk.sid)
+        await bus.publish(self.js, subject, chunk, msg_id=msg_id, headers=self.trace)
 
     async def control(self, msg: Message) -> None:
+        self._declared(msg)
         sid = getattr(msg, "sid")  # noqa: B009
         await bus.publish_core(self.nc, self.subjects.control(sid), msg, headers=self.trace)
 
-    async def tier_for(self, kind: str) -> str:
-        """The tier to send ``kind`` work to now: gpu while a live gpu worker keeps up."""
-        return "cpu" if self.router is None else await self.router.tier_for(kind)
-
-    async def in_progress(self) -> None:
-        if self.raw is not None:
-            await self.raw.in_progress()
+    async def key_value(self, bucket: str) -> KeyValue:
+        return await definitions.key_value(self.js, self.settings, bucket)

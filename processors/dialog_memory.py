@@ -18,15 +18,13 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
+from processors.context import KvStore
 from schemas import Unavailable
-from streams.settings import Settings
+from streams import definitions
 
-BUCKET = "MORGAN_DIALOG"
+BUCKET = definitions.DIALOG
 TIMEOUT_S = 5.0
 """Longest wait for one KV operation, seconds."""
 KEEP = 32
@@ -49,7 +47,7 @@ def key_for(sid: str) -> str:
     return "b64_" + base64.urlsafe_b64encode(sid.encode()).decode()
 
 
-async def _timed(op: Awaitable[T], what: str) -> T:
+async def timed(op: Awaitable[T], what: str) -> T:
     """Await a KV operation with a deadline; NATS trouble becomes ``Unavailable``."""
     try:
         return await asyncio.wait_for(op, TIMEOUT_S)
@@ -60,27 +58,8 @@ async def _timed(op: Awaitable[T], what: str) -> T:
 
 
 class DialogMemory:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KvStore) -> None:
         self.kv = kv
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, settings: Settings) -> DialogMemory:
-        """Bind to the bucket, creating it on first use (safe to race)."""
-        try:
-            return cls(await _timed(js.key_value(BUCKET), "open"))
-        except BucketNotFoundError:
-            pass
-        config = KeyValueConfig(
-            bucket=BUCKET,
-            history=1,
-            ttl=settings.events_max_age_s,
-            replicas=settings.replicas,
-            storage=StorageType.FILE,
-        )
-        try:
-            return cls(await _timed(js.create_key_value(config), "create"))
-        except Unavailable:  # another worker created it first, with other settings
-            return cls(await _timed(js.key_value(BUCKET), "open"))
 
     async def history(self, sid: str) -> list[Exchange]:
         return (await self._read(sid))[0]
@@ -92,7 +71,7 @@ class DialogMemory:
             kept = [e for e in exchanges if e.turn != exchange.turn] + [exchange]
             value = json.dumps([asdict(e) for e in kept[-KEEP:]]).encode()
             try:
-                await _timed(self.kv.update(key_for(sid), value, last=revision), "save")
+                await timed(self.kv.update(key_for(sid), value, last=revision), "save")
                 return
             except KeyWrongLastSequenceError:
                 continue  # written meanwhile: read again
@@ -100,7 +79,7 @@ class DialogMemory:
 
     async def _read(self, sid: str) -> tuple[list[Exchange], int]:
         try:
-            entry = await _timed(self.kv.get(key_for(sid)), "read")
+            entry = await timed(self.kv.get(key_for(sid)), "read")
         except KeyNotFoundError:
             return [], 0
         try:

@@ -1,12 +1,11 @@
 """The dialog model: a user's words in, a streamed reply out, spoken sentence by sentence.
 
-Consumes ``LlmRequest`` from ``<prefix>.work.llm`` (durable ``llm``). Publishes
+Takes ``LlmRequest`` from ``<prefix>.work.llm`` (durable ``llm``). Publishes
 
 - ``<prefix>.events.<sid>.reply.delta``: each piece of text as the model writes it
   (id ``<sid>.<turn>.d<index>``);
-- ``<prefix>.work.tts.<tier>``: each sentence, the first one possibly just its
-  first clause, as soon as it is complete (id ``<sid>.<turn>.s<seq>``); the tier
-  comes from ``ctx.tier_for("tts")``;
+- a ``TtsRequest`` per sentence (to TTS, by the route table), the first one possibly
+  just its first clause, as soon as it is complete (id ``<sid>.<turn>.s<seq>``);
 - ``<prefix>.events.<sid>.reply.done`` at the end (id ``<sid>.<turn>.done``),
   then stores the exchange in the session's dialog memory;
 - or, when the turn is cancelled (barge-in), ``reply.cancelled`` instead of
@@ -21,12 +20,12 @@ from __future__ import annotations
 import time
 from contextlib import aclosing
 
-from processors import llm_backends
+from processors import dialog_memory, llm_backends
 from processors.context import Context
 from processors.dialog_memory import DialogMemory, Exchange
 from processors.llm_backends import LlmBackend, Messages
 from processors.sentences import SentenceSplitter
-from processors.spec import Spec
+from processors.spec import Spec, WorkQueue
 from schemas import (
     BadInput,
     LlmRequest,
@@ -79,7 +78,7 @@ async def handle(msg: Message, ctx: Context) -> None:
     sid, turn = msg.sid, msg.turn
     if not msg.text.strip():
         raise BadInput("empty request: nothing to answer", code="empty_text")
-    memory = await DialogMemory.open(ctx.js, ctx.settings)
+    memory = DialogMemory(await dialog_memory.timed(ctx.key_value(dialog_memory.BUCKET), "open"))
     messages = await messages_for(msg, memory, ctx.settings)
     splitter = SentenceSplitter(ctx.settings.first_clause_words)
     reply: list[str] = []
@@ -90,8 +89,7 @@ async def handle(msg: Message, ctx: Context) -> None:
         for piece in filter(speakable, pieces):
             llm_ms = (time.perf_counter() - received) * 1000.0
             request = TtsRequest(sid, turn, sentences, piece, llm_ms=llm_ms)
-            subject = ctx.subjects.work("tts", await ctx.tier_for("tts"))
-            await ctx.send(subject, request, msg_id=f"{sid}.{turn}.s{sentences}")
+            await ctx.forward(request, msg_id=f"{sid}.{turn}.s{sentences}")
             sentences += 1
 
     def cancelled() -> bool:
@@ -118,9 +116,10 @@ async def handle(msg: Message, ctx: Context) -> None:
 
 SPEC = Spec(
     kind="llm",
+    input=WorkQueue(),
     accepts=(LlmRequest,),
+    publishes=(ReplyDelta, TtsRequest, ReplyDone, ReplyCancelled),
     load=load,
     handle=handle,
-    tiered=False,
     describe=describe,
 )

@@ -27,7 +27,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas.subjects import TIERED_KINDS, Subjects
+from schemas.subjects import Subjects
 from streams import definitions
 from streams.bus import MSG_ID
 from streams.settings import Settings
@@ -96,8 +96,6 @@ class TierRouter:
         return self.clock() - look.gpu_seen_at <= self.grace_s
 
     async def _look(self, kind: str) -> Look:
-        if kind not in TIERED_KINDS:
-            raise ValueError(f"{kind} work has no tiers")
         look = self._looks.get(kind)
         task = self._refreshing.get(kind)
         if look is not None and self.clock() - look.at < self.refresh_s:

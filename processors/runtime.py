@@ -1,10 +1,12 @@
-"""The one loop every processor runs.
+"""The one loop every processor runs, whatever its kind.
 
-connect -> declare streams -> load models -> pull from the kind's durable
-consumer(s) -> decode -> handle -> ack. A retryable failure naks with backoff,
-anything else terms and tells the session with an ``error`` event. Long work
-heartbeats with in_progress. On stop: take no more, finish what is in hand,
-hand claims over, drain the connection.
+connect -> declare streams and the kind's consumers -> load models -> pull -> decode
+-> handle -> ack. A retryable failure naks with backoff, anything else terms and tells
+the session with an ``error`` event. While a message is handled it is heartbeated
+(in_progress every third of the kind's ack wait), so only a dead worker's message goes
+to another worker, within one ack wait. A session-claim kind's messages are held by
+``processors.claims`` for as long as their sessions live. On stop: take no more,
+finish what is in hand, hand claims over, unload, drain the connection.
 """
 
 from __future__ import annotations
@@ -14,26 +16,43 @@ import contextlib
 import json
 import logging
 import platform
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
-from processors import metrics
+from processors import claims, metrics, registry
 from processors.announce import announced
-from processors.context import Context, Router, Signals
+from processors.context import BusContext, Onward, Router, Signals
 from processors.routing import TierRouter, rescue_stranded
-from processors.spec import Spec
-from schemas import ErrorEvent, Handoff, MessageError, MorganError, Superseded, decode
+from processors.spec import SessionClaims, Spec
+from schemas import (
+    ErrorEvent,
+    Handoff,
+    MessageError,
+    MorganError,
+    SessionClaim,
+    Subjects,
+    Superseded,
+    decode,
+)
 from schemas.codec import SESSION_HEADER
 from streams import bus, definitions, tracing
 from streams.config_source import ConfigSource
+from streams.definitions import Consumer
+from streams.routes import Routes
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.runtime")
+DRAIN_S = 30.0
+"""How long a stopping worker lets the work in hand finish, seconds."""
+FETCH_ERRORS = (TimeoutError, NatsError)
+"""What a pull may raise while idle or reconnecting: ask again."""
 
 
 def backoff(delivered: int) -> float:
@@ -51,49 +70,50 @@ class Worker:
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     handled: int = 0
     failed: int = 0
+    sessions: int = 0
+    """Sessions held now (a claim kind)."""
     router: Router | None = None
 
-    def durables(self) -> list[str]:
-        kind = self.spec.kind
-        return [f"{kind}-{t}" for t in self.tiers] if self.spec.tiered else [kind]
-
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        tracing.setup(self.settings, f"morgan-{self.spec.kind}")
+        kind = self.spec.kind
+        tracing.setup(self.settings, f"morgan-{kind}")
         if self.settings.metrics_port:
             metrics.serve(self.settings.metrics_port)
+        started = time.perf_counter()
         self.state = await self.spec.load(self.settings, self.tiers)
-        nc = await bus.connect(self.settings, f"morgan-{self.spec.kind}-{platform.node()}")
+        metrics.model_loaded(kind, time.perf_counter() - started)
+        nc = await bus.connect(self.settings, f"morgan-{kind}-{platform.node()}")
         pullers: list[asyncio.Task[None]] = []
         stack = contextlib.AsyncExitStack()
         try:
             js = nc.jetstream()
-            await definitions.apply(js, self.settings)
+            consumers = self.spec.consumers(self.settings, self.tiers)
+            await definitions.apply(js, self.settings, [c for _, c in consumers])
             if self.router is None:
                 self.router = TierRouter(nc, js, self.settings)
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)
-            config = ConfigSource(self.settings, self.spec.kind, nc=nc)
-            self.settings = await config.start()
+            config = await stack.enter_async_context(ConfigSource(self.settings, kind, nc=nc))
+            self.settings = config.current
             config.subscribe(self._reconfigure)
-            await stack.enter_async_context(config)
             await stack.enter_async_context(
                 announced(nc, self.spec, self.settings, self.tiers, self.state, self._status)
             )
             slots = asyncio.Semaphore(self.spec.concurrency)
             pullers = [
-                asyncio.create_task(self._pull(nc, js, durable, slots, stop))
-                for durable in self.durables()
+                asyncio.create_task(self._pull(nc, js, consumer, tier, slots, stop))
+                for tier, consumer in consumers
             ]
             if self.spec.tiered and "gpu" not in self.tiers and isinstance(self.router, TierRouter):
-                rescue = rescue_stranded(js, self.router, self.settings, self.spec.kind, stop)
+                rescue = rescue_stranded(js, self.router, self.settings, kind, stop)
                 pullers.append(asyncio.create_task(rescue))
-            log.info("%s ready on %s", self.spec.kind, ", ".join(self.durables()))
+            log.info("%s ready on %s", kind, ", ".join(c.durable for _, c in consumers))
             if ready is not None:
                 ready.set()
             await stop.wait()
             self.signals.draining.set()
             await asyncio.gather(*pullers, return_exceptions=True)
             if self.in_flight:
-                await asyncio.wait(self.in_flight, timeout=self.settings.work_ack_wait_s)
+                await asyncio.wait(self.in_flight, timeout=DRAIN_S)
         finally:
             await stack.aclose()
             if isinstance(self.router, TierRouter):
@@ -102,7 +122,9 @@ class Worker:
             for task in [*pullers, *self.in_flight]:
                 task.cancel()
             await asyncio.gather(*pullers, *self.in_flight, return_exceptions=True)
-            with contextlib.suppress(Exception):
+            if self.spec.unload is not None:
+                await self.spec.unload(self.state)
+            with contextlib.suppress(NatsError, TimeoutError):
                 await asyncio.wait_for(nc.drain(), 5)
 
     def _reconfigure(self, settings: Settings) -> None:
@@ -119,6 +141,7 @@ class Worker:
             json.dumps(
                 {
                     "kind": self.spec.kind,
+                    "input": self.spec.feeds,
                     "tiers": list(self.tiers),
                     "model": self.spec.describe(self.state),
                     "in_flight": len(self.in_flight),
@@ -132,85 +155,112 @@ class Worker:
         self,
         nc: Client,
         js: JetStreamContext,
-        durable: str,
+        consumer: Consumer,
+        tier: str | None,
         slots: asyncio.Semaphore,
         stop: asyncio.Event,
     ) -> None:
-        sub = await js.pull_subscribe_bind(durable, stream=definitions.WORK)
+        sub = await js.pull_subscribe_bind(consumer.durable, stream=consumer.stream)
         try:
             while not stop.is_set():
                 await slots.acquire()
                 try:
                     msgs = await sub.fetch(1, timeout=1.0)
-                except Exception:  # timeout, or reconnecting: just ask again
+                except FETCH_ERRORS:  # nothing waiting, or reconnecting: just ask again
                     slots.release()
                     if nc.is_closed:  # fetch then fails at once, without yielding: do not spin
                         return
                     continue
-                task = asyncio.create_task(self._handle(nc, js, msgs[0], durable))
+                task = asyncio.create_task(self._handle(nc, js, msgs[0], tier))
                 self.in_flight.add(task)
                 task.add_done_callback(self.in_flight.discard)
                 task.add_done_callback(lambda _: slots.release())
         finally:
             # fetch() never marks its queue done, so nc.drain() would wait out its timeout.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(NatsError, TimeoutError):
                 await sub.unsubscribe()
 
-    async def _handle(self, nc: Client, js: JetStreamContext, raw: Msg, durable: str) -> None:
-        tier = durable.split("-", 1)[1] if self.spec.tiered else None
-        ctx = Context(
-            self.settings,
-            nc,
-            js,
-            self.state,
-            tier,
-            self.signals,
-            raw,
-            {},
-            self.router,
-            lambda: self.settings,
+    def _context(self, nc: Client, js: JetStreamContext, raw: Msg, tier: str | None) -> BusContext:
+        onward = Onward(Routes.parse(self.settings.routes), registry.is_tiered, self.router)
+        return BusContext(
+            kind=self.spec.kind,
+            publishes=self.spec.publishes,
+            settings=self.settings,
+            nc=nc,
+            js=js,
+            state=self.state,
+            tier=tier,
+            signals=self.signals,
+            onward=onward,
+            raw=raw,
+            live=lambda: self.settings,
         )
-        heartbeat = asyncio.create_task(self._heartbeat(raw))
+
+    async def _handle(self, nc: Client, js: JetStreamContext, raw: Msg, tier: str | None) -> None:
+        kind = self.spec.kind
+        ctx = self._context(nc, js, raw, tier)
         delivered = raw.metadata.num_delivered
-        started = asyncio.get_running_loop().time()
+        metrics.fetched(kind, tier, raw.metadata.timestamp, delivered)
+        heartbeat = asyncio.create_task(self._heartbeat(raw))
+        started = time.perf_counter()
+        outcome = "ok"
         try:
-            with tracing.span(f"{self.spec.kind}.handle", raw.headers) as span:
+            with metrics.in_flight(kind), tracing.span(f"{kind}.handle", raw.headers) as span:
                 ctx.trace = tracing.headers_of(span)
                 message = decode(raw.headers, raw.data)
                 if not isinstance(message, self.spec.accepts):
-                    raise MessageError(f"{self.spec.kind} does not take {message.TYPE!r}")
-                await self.spec.handle(message, ctx)
-        except Exception as exc:
-            error = exc if isinstance(exc, MorganError) else _unexpected(exc)
-            await self._fail(ctx, raw, error, delivered)
+                    raise MessageError(f"{kind} does not take {message.TYPE!r}")
+                if isinstance(self.spec.input, SessionClaims):
+                    assert isinstance(message, SessionClaim)
+                    await self._hold(message, ctx)
+                else:
+                    assert self.spec.handle is not None
+                    await self.spec.handle(message, ctx)
+        except MorganError as error:
+            outcome = await self._fail(ctx, raw, error, delivered)
+        except Exception as exc:  # a bug in a handler: logged with its traceback, retried
+            log.exception("%s: unexpected error in handler", kind, exc_info=exc)
+            bug = MorganError(f"{type(exc).__name__}: {exc}", retryable=True)
+            outcome = await self._fail(ctx, raw, bug, delivered)
         else:
             await raw.ack()
             self.handled += 1
-            metrics.observe(self.spec.kind, "ok", asyncio.get_running_loop().time() - started)
         finally:
             heartbeat.cancel()
+            metrics.handled(kind, tier, outcome, time.perf_counter() - started)
 
-    async def _fail(self, ctx: Context, raw: Msg, error: MorganError, delivered: int) -> None:
-        limit = self._max_deliver(ctx.tier)
+    async def _hold(self, claim: SessionClaim, ctx: BusContext) -> None:
+        """Own the claim's session until it ends (counted in ``sessions held``)."""
+        self.sessions += 1
+        metrics.sessions_held(self.spec.kind, self.sessions)
+        try:
+            await claims.hold(self.spec, claim, ctx)
+        finally:
+            self.sessions -= 1
+            metrics.sessions_held(self.spec.kind, self.sessions)
+
+    async def _fail(self, ctx: BusContext, raw: Msg, error: MorganError, delivered: int) -> str:
+        """Nak, term or leave the message as ``error`` says; returns the outcome's name."""
+        kind = self.spec.kind
         if isinstance(error, Handoff):
             await raw.nak()
-            return
+            return "handoff"
         if isinstance(error, Superseded):
-            log.warning("%s: %s", self.spec.kind, error)
+            log.warning("%s: %s", kind, error)
             if error.obsolete:
                 await raw.ack()
-            return
+            return "superseded"
+        metrics.error(kind, error.code)
+        limit = self.spec.deliveries(self.settings)
         if error.retryable and (limit < 0 or delivered < limit):
-            log.warning("%s: retry %d after %s", self.spec.kind, delivered, error)
+            log.warning("%s: retry %d after %s", kind, delivered, error)
             await raw.nak(delay=backoff(delivered))
-            metrics.observe(self.spec.kind, "retry", 0.0)
-            return
-        log.error("%s: giving up on message: %s", self.spec.kind, error)
+            return "retry"
+        log.error("%s: giving up on message: %s", kind, error)
         self.failed += 1
-        metrics.observe(self.spec.kind, "failed", 0.0)
         await raw.term()
         sid = (raw.headers or {}).get(SESSION_HEADER, "")
-        if sid:
+        if sid and self.spec.feeds != "tap":  # a tap's failure is not the client's doing
             event = ErrorEvent(
                 sid=sid,
                 code=error.code,
@@ -218,25 +268,17 @@ class Worker:
                 turn=(raw.headers or {}).get("Morgan-Turn", ""),
                 retryable=error.retryable,
             )
-            with contextlib.suppress(Exception):
-                await ctx.emit(event, msg_id=f"error.{raw.metadata.sequence.stream}")
-
-    def _max_deliver(self, tier: str | None) -> int:
-        """Deliveries the consumer allows (-1: no limit; a VAD's session claim)."""
-        consumer = definitions.WorkConsumer(self.spec.kind, tier).config(self.settings)
-        return consumer.max_deliver if consumer.max_deliver is not None else -1
+            subject = Subjects(self.settings.prefix).events(sid, event.TYPE)
+            msg_id = f"error.{raw.metadata.sequence.stream}"
+            try:
+                await bus.publish(ctx.js, subject, event, msg_id=msg_id, headers=ctx.trace)
+            except (NatsError, TimeoutError) as exc:
+                log.warning("%s: could not tell session %s: %r", kind, sid, exc)
+        return "failed"
 
     async def _heartbeat(self, raw: Msg) -> None:
+        every = self.spec.ack_wait(self.settings) / 3
         while True:
-            await asyncio.sleep(self._ack_wait() / 3)
-            with contextlib.suppress(Exception):
+            await asyncio.sleep(every)
+            with contextlib.suppress(NatsError, TimeoutError):
                 await raw.in_progress()
-
-    def _ack_wait(self) -> float:
-        s = self.settings
-        return s.claim_ack_wait_s if self.spec.kind == "vad" else s.work_ack_wait_s
-
-
-def _unexpected(exc: Exception) -> MorganError:
-    log.exception("unexpected error in handler", exc_info=exc)
-    return MorganError(f"{type(exc).__name__}: {exc}", retryable=True)

@@ -1,8 +1,8 @@
 """Speech-to-text: one utterance in, its transcript out.
 
-Consumes ``Utterance`` from ``<prefix>.work.stt.<tier>``. Emits
-``<prefix>.events.<sid>.transcript``, then sends the words to
-``<prefix>.work.llm``; an utterance with no words (noise) closes the turn
+Takes ``Utterance`` from ``<prefix>.work.stt.<tier>``. Emits
+``<prefix>.events.<sid>.transcript``, then forwards the words as an ``LlmRequest``
+(to the LLM, by the route table); an utterance with no words (noise) closes the turn
 with ``reply.done`` instead. Output ids are built from (sid, turn), so a
 redelivered utterance publishes nothing new (JetStream dedup window).
 """
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from faster_whisper import WhisperModel
 
 from processors import hardware, models
 from processors.context import Context
-from processors.spec import Spec
+from processors.spec import Spec, WorkQueue
 from schemas import BadInput, LlmRequest, Message, ReplyDone, Transcript, Utterance
 from streams.settings import Settings
 
@@ -47,6 +46,8 @@ def cpu_threads() -> int:
 
 def open_model(settings: Settings, gpu: bool) -> SttModel:
     """Load faster-whisper from ``settings.stt_model`` or the shipped tiny.en (blocking)."""
+    from faster_whisper import WhisperModel  # heavy: only where the model is loaded
+
     source = settings.stt_model or str(models.whisper_model_dir())
     device, compute_type = ("cuda", "float16") if gpu else ("cpu", "int8")
     whisper = WhisperModel(
@@ -108,18 +109,17 @@ async def handle(msg: Message, ctx: Context) -> None:
     sid, turn = msg.sid, msg.turn
     await ctx.emit(Transcript(sid, turn, text, stt_ms=stt_ms), msg_id=f"{sid}.{turn}.transcript")
     if text:
-        await ctx.send(
-            ctx.subjects.work("llm"), LlmRequest(sid, turn, text), msg_id=f"{sid}.{turn}.llm"
-        )
+        await ctx.forward(LlmRequest(sid, turn, text), msg_id=f"{sid}.{turn}.llm")
     else:  # noise: nothing to answer, but the client's turn must close
         await ctx.emit(ReplyDone(sid, turn, text="", sentences=0), msg_id=f"{sid}.{turn}.done")
 
 
 SPEC = Spec(
     kind="stt",
+    input=WorkQueue(tiered=True),
     accepts=(Utterance,),
+    publishes=(Transcript, LlmRequest, ReplyDone),
     load=load,
     handle=handle,
-    tiered=True,
     describe=describe,
 )

@@ -1,6 +1,6 @@
 """Text-to-speech: one sentence in, its audio out in ordered chunks.
 
-Consumes ``TtsRequest`` from ``<prefix>.work.tts.<tier>``. Publishes
+Takes ``TtsRequest`` from ``<prefix>.work.tts.<tier>``. Publishes
 ``AudioChunk``s (about ``settings.tts_chunk_ms`` each) to
 ``<prefix>.audio.out.<sid>`` with ids ``<sid>.<turn>.<seq>.<chunk>``, so a
 redelivered request adds nothing. A cancelled turn publishes nothing more;
@@ -16,12 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnxruntime
-from piper import PiperVoice
-
 from processors import models
 from processors.context import Context
-from processors.spec import Spec
+from processors.spec import Spec, WorkQueue
 from schemas import AudioChunk, BadInput, Message, TtsRequest
 from streams.settings import Settings
 
@@ -47,6 +44,9 @@ class TtsVoice:
 
 def open_voice(settings: Settings, gpu: bool) -> TtsVoice:
     """Load the Piper voice from ``settings.tts_voice`` or the shipped one (blocking)."""
+    import onnxruntime  # heavy: only where the voice is loaded
+    from piper import PiperVoice
+
     path = Path(settings.tts_voice) if settings.tts_voice else models.piper_voice_path()
     cuda = gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     piper = PiperVoice.load(path, use_cuda=cuda)
@@ -97,14 +97,15 @@ async def handle(msg: Message, ctx: Context) -> None:
             tts_ms=tts_ms if i == 0 else 0.0,
             pcm=piece,
         )
-        await ctx.send(ctx.subjects.audio_out(sid), chunk, msg_id=f"{sid}.{turn}.{seq}.{i}")
+        await ctx.send_audio(chunk, msg_id=f"{sid}.{turn}.{seq}.{i}")
 
 
 SPEC = Spec(
     kind="tts",
+    input=WorkQueue(tiered=True),
     accepts=(TtsRequest,),
+    publishes=(AudioChunk,),
     load=load,
     handle=handle,
-    tiered=True,
     describe=describe,
 )

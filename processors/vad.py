@@ -1,86 +1,44 @@
-"""VAD: owns a session's microphone, cuts it into utterances for speech-to-text.
+"""VAD: cuts a session's microphone into utterances for speech-to-text, and barges in.
 
-Consumes ``SessionClaim`` from ``<prefix>.work.vad`` and holds it (unacked,
-heartbeated by the runtime) while the session lives; reads the session's frames
-from ``<prefix>.audio.in.<sid>`` through its own durable consumer ``vad-<sid>-<owner>``
-that it acknowledges only up to audio no utterance can need again. After each
-utterance it records in KV ``MORGAN_VAD`` where the utterance ended and the
-frame the next turn is named after. A worker that takes the claim over (after
-a crash, or a partition that cut the owner off) replaces the last owner's consumer
-with its own at the same ack floor, skips audio already cut, and names the turn in
-progress the same way, so JetStream's dedup drops a second copy; a cut-off owner
-reads nothing more, and stops (``Superseded``) when it finds its consumer gone or
-its KV write refused. Emits vad.speech_started / vad.speech_stopped,
-publishes ``Utterance`` to ``<prefix>.work.stt.<tier>``, and on speech during
-a reply publishes ``Cancel`` for the previous turn (barge-in).
-
-A session ends at its ``session.end``, or once no new audio arrived for
-``settings.session_idle_s`` (a client gone without one): its consumer is deleted and
-the claim acknowledged, freeing the slot. A stopping worker hands its sessions over.
+A session-claim kind (``processors.claims`` owns the session, its consumer and its
+takeover): the runtime hands it the frames of each session it owns. It emits
+vad.speech_started / vad.speech_stopped, forwards each ``Utterance`` (to STT by the
+route table) as the root of the turn's trace, and on speech during a reply publishes
+``Cancel`` for the previous turn (barge-in). It acknowledges frames only up to audio
+no utterance can need again, and after each utterance saves in the session's owner
+record where the utterance ended and the frame the next turn is named after: a worker
+that takes the session over skips audio already cut and names the turn in progress the
+same way, so JetStream's dedup drops a second copy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
-from nats.js.errors import (
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NotFoundError,
-    ServiceUnavailableError,
-)
-from nats.js.kv import KeyValue
 
 from processors import silero
+from processors.claims import Owner
 from processors.context import Context
 from processors.segmenter import Ended, Segmenter, SegmenterConfig, Started
-from processors.spec import Spec
+from processors.spec import SessionClaims, Spec
 from schemas import (
     AudioFrame,
     BadInput,
     Cancel,
-    Handoff,
-    Message,
     MessageError,
     SessionClaim,
     SpeechStarted,
     SpeechStopped,
-    Superseded,
     Utterance,
     decode,
 )
-from streams import definitions, tracing
+from streams import tracing
 from streams.settings import Settings
-
-BATCH = 64
-IDLE_POLL_S = 0.25
-CONSUMER_CREATE_S = 15.0
-"""How long making a session consumer may take: an R3 consumer whose stream has a peer
-cut off can wait out a raft election (4-9 s in nats-server), past the usual 5 s."""
-OWNER_CHECK_S = 1.0
-"""How often a session's reader checks it still owns the session, seconds."""
-PROGRESS_BUCKET = "MORGAN_VAD"
-"""KV, per session: its owner (1, 2, ... one more per takeover) and that owner's consumer,
-where the last published utterance ended (``end``, a sample offset), its ``turn``, and
-the frame the ``next`` turn is named after. Written with compare-and-set on the revision:
-a cut-off owner's write fails once a new owner has written."""
-
-
-async def progress_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    config = KeyValueConfig(
-        bucket=PROGRESS_BUCKET, ttl=settings.audio_max_age_s, replicas=settings.replicas
-    )
-    return await definitions.key_value(js, config)
 
 
 async def load(settings: Settings, tiers: tuple[str, ...]) -> Any:
@@ -107,181 +65,30 @@ def config_of(settings: Settings) -> SegmenterConfig:
 
 
 class VadSession:
-    def __init__(self, claim: SessionClaim, ctx: Context) -> None:
+    """One owned session's segmentation: the runtime's reader of its frames."""
+
+    def __init__(self, claim: SessionClaim, ctx: Context, owner: Owner) -> None:
         self.sid = claim.sid
         self.ctx = ctx
+        self.owner = owner
         self.model = silero.SileroStream(ctx.state)
         self.seg: Segmenter | None = None
         self.frames: deque[_Frame] = deque()
         self.turn = ""
         self.last_turn = ""
-        self.hold = False
+        self.hold = owner.took_over
         """After a takeover, keep every frame until the first utterance is out."""
-        self.done_until = 0
+        self.done_until = int(owner.record.get("end", 0))
         """Session sample offset up to which utterances were already published."""
         self.heard_until = 0
         """Session sample offset up to which frames were fed to the segmenter. Frames
         held unacknowledged (pre-roll, an open utterance) come back after the consumer's
         ack wait: audio already in ``frames``, neither heard twice nor news of the client."""
-        self.next_turn = 1
+        self.next_turn = int(owner.record.get("next", 1))
         """A turn is named after the first frame after the previous utterance (or frame 1),
         which does not depend on ack timing, so a new owner names it the same."""
-        self.durable = ""
-        """Our own session consumer: each owner makes a new one and deletes the last."""
-        self.kv: KeyValue | None = None
-        self.progress: dict[str, Any] = {}
-        """What KV ``MORGAN_VAD`` holds for the session: owner, consumer, end, turn, next."""
-        self.revision = 0
-        """KV revision of our last write; a write by a newer owner makes ours fail."""
 
-    async def run(self) -> None:
-        ctx = self.ctx
-        self.kv = await progress_bucket(ctx.js, ctx.settings)
-        await self._take_over()
-        sub = await ctx.js.pull_subscribe_bind(self.durable, stream=definitions.AUDIO)
-        try:
-            await self._listen(sub)
-        finally:
-            # fetch() never marks its queue done: a subscription left behind would make
-            # nc.drain() wait out its timeout when the worker stops.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        with contextlib.suppress(NotFoundError):
-            await ctx.js.delete_consumer(definitions.AUDIO, self.durable)
-
-    async def _listen(self, sub: JetStreamContext.PullSubscription) -> None:
-        """Read frames until session.end, or until no audio came for ``session_idle_s``
-        (a client gone without session.end); hand the session over if the worker stops."""
-        ctx, settings = self.ctx, self.ctx.settings
-        loop = asyncio.get_running_loop()
-        heard = checked = loop.time()
-        while not ctx.session_ended(self.sid):
-            if ctx.draining:
-                raise Handoff()
-            if loop.time() - heard > settings.session_idle_s:
-                return
-            if loop.time() - checked > OWNER_CHECK_S:
-                await self._check_owner()
-                checked = loop.time()
-            try:
-                msgs = await sub.fetch(BATCH, timeout=IDLE_POLL_S)
-            except TimeoutError:
-                continue
-            except (ServiceUnavailableError, NotFoundError):  # our consumer may be gone:
-                await self._check_owner()  # stop (Superseded), never nak another's claim
-                checked = loop.time()
-                await asyncio.sleep(IDLE_POLL_S)
-                continue
-            # Only new audio counts: an idle fetch may end with [] rather than a timeout.
-            if await self._consume(msgs):
-                heard = loop.time()
-
-    async def _take_over(self) -> None:
-        """Read the session's frames in order from the first one not yet acknowledged.
-
-        A dead worker's in-flight frames would only come back after ack_wait, behind
-        newer ones; a new consumer at the last owner's ack floor replays them in order
-        now. The last owner's consumer is deleted, so if it was only cut off, not dead,
-        its pulls find nothing: it cannot take frames from this owner.
-
-        Any step may fail (JetStream answers 503 or times out during an election) and
-        the claim comes back for another try. So the new consumer is made before the
-        record names it and before the old one goes: a retry finds the same owner number
-        and ack floor and makes the same consumer again, a no-op, instead of deleting a
-        half-made one and waiting out another raft election for the next.
-        """
-        js, settings = self.ctx.js, self.ctx.settings
-        await self._read_progress()
-        owner = int(self.progress.get("owner", 0)) + 1
-        start: int | None = None
-        previous = self.progress.get("consumer")
-        if previous:
-            self.hold = True
-            self.done_until = int(self.progress.get("end", 0))
-            self.next_turn = int(self.progress.get("next", 1))
-            with contextlib.suppress(NotFoundError):  # gone: replay all, skip what was cut
-                info = await js.consumer_info(definitions.AUDIO, previous)
-                start = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
-        cfg = definitions.session_audio_consumer(settings, self.sid, owner, start_seq=start)
-        assert cfg.durable_name is not None
-        self.durable = cfg.durable_name
-        if not await self._made_before():
-            await definitions.ensure_consumer(js, definitions.AUDIO, cfg, timeout=CONSUMER_CREATE_S)
-        await self._write_progress(owner=owner, consumer=self.durable, claim=self._claim_seq())
-        if previous:
-            with contextlib.suppress(NotFoundError):
-                await js.delete_consumer(definitions.AUDIO, previous)
-
-    async def _made_before(self) -> bool:
-        """Whether an earlier try of this takeover already made our consumer.
-
-        Its start may lie before the last owner's ack floor now (a cut-off owner goes
-        on acknowledging), and JetStream refuses to move a consumer's start ("start
-        sequence can not be updated"): keep it. Replaying a little more is harmless,
-        audio already cut is skipped by ``end``.
-        """
-        try:
-            await self.ctx.js.consumer_info(definitions.AUDIO, self.durable)
-        except NotFoundError:
-            return False
-        return True
-
-    async def _read_progress(self) -> None:
-        """The session's record in KV: who owned it last, where its last utterance ended
-        and the frame its next turn is named after.
-
-        Acks can be lost (a partition), so the ack floor may lie before audio that
-        was already cut and sent; ``end``, written after each utterance is out,
-        keeps that audio from becoming a second turn.
-        """
-        assert self.kv is not None
-        try:
-            entry = await self.kv.get(self.sid)
-        except KeyNotFoundError:
-            self.progress, self.revision = {}, 0
-            return
-        self.progress = json.loads(entry.value or b"{}")
-        self.revision = entry.revision or 0
-
-    async def _write_progress(self, **changes: Any) -> None:
-        """Update the record only if no other owner wrote it since we last did."""
-        assert self.kv is not None
-        self.progress = {**self.progress, **changes}
-        value = json.dumps(self.progress).encode()
-        try:
-            if self.revision:
-                self.revision = await self.kv.update(self.sid, value, last=self.revision)
-            else:
-                self.revision = await self.kv.create(self.sid, value)
-        except KeyWrongLastSequenceError:
-            raise await self._superseded("another worker took this session over") from None
-
-    async def _check_owner(self) -> None:
-        """Stop if another worker took the session over (we were cut off, not dead)."""
-        try:
-            await self.ctx.js.consumer_info(definitions.AUDIO, self.durable)
-        except NotFoundError:
-            raise await self._superseded("session consumer gone: another worker owns it") from None
-        except Exception:
-            return  # cannot tell now (reconnecting): keep going, ask again later
-
-    def _claim_seq(self) -> int:
-        """WORK stream sequence of the claim message we hold (0 in direct calls)."""
-        raw = self.ctx.raw
-        return raw.metadata.sequence.stream if raw is not None else 0
-
-    async def _superseded(self, why: str) -> Superseded:
-        """Superseded; ``obsolete`` when the new owner holds another claim message than
-        ours (a gateway claimed the session again), so that ours is dropped, not
-        redelivered to take the session back. Unknown (KV unreachable) counts as not."""
-        try:
-            await self._read_progress()
-        except (NatsError, TimeoutError):
-            return Superseded(why)
-        claim = self.progress.get("claim")
-        return Superseded(why, obsolete=claim is not None and claim != self._claim_seq())
-
-    async def _consume(self, msgs: list[Msg]) -> bool:
+    async def feed(self, msgs: list[Msg]) -> bool:
         """Feed the frames not heard before to the segmenter; whether there were any."""
         new: list[_Frame] = []
         for raw in msgs:
@@ -353,19 +160,15 @@ class VadSession:
             vad_tail_ms=tail_ms,
             pcm=pcm,
         )
-        tier = await self.ctx.tier_for("stt")
-        subject = self.ctx.subjects.work("stt", tier)
         # Each turn is one trace across every host; this is its root.
         with tracing.span(
             "turn", None, **{"morgan.session": self.sid, "morgan.turn": self.turn}
         ) as root:
             trace = tracing.headers_of(root)
-            await self.ctx.send(
-                subject, utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace
-            )
+            await self.ctx.forward(utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace)
         after = [f.seq for f in self.frames if f.end > event.end]
         self.next_turn = after[0] if after else frames[-1].seq + 1
-        await self._write_progress(end=event.end, turn=self.turn, next=self.next_turn)
+        await self.owner.save(end=event.end, turn=self.turn, next=self.next_turn)
         self.last_turn, self.turn, self.hold = self.turn, "", False
         await self._ack(event.end)
 
@@ -378,18 +181,20 @@ class VadSession:
             await last.raw.ack()
 
 
-async def handle(claim: Message, ctx: Context) -> None:
-    assert isinstance(claim, SessionClaim)
+async def open_session(claim: SessionClaim, ctx: Context, owner: Owner) -> VadSession:
     if claim.rate != silero.RATE or claim.fmt != "s16le":
         raise BadInput(f"VAD takes 16000 Hz s16le, not {claim.rate} {claim.fmt}", code="bad_audio")
-    await VadSession(claim, ctx).run()
+    return VadSession(claim, ctx, owner)
 
 
 SPEC = Spec(
     kind="vad",
+    input=SessionClaims(open=open_session),
     accepts=(SessionClaim,),
+    publishes=(SpeechStarted, SpeechStopped, Utterance, Cancel),
     load=load,
-    handle=handle,
+    ack_wait_s=4.0,
+    max_deliver=-1,  # a claim lives as long as its session: never give it up
     concurrency=64,
     describe=lambda state: "silero-vad onnx",
 )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("vad", "stt", "llm", "tts")
 TIERS = ("gpu", "cpu")
-TIERED_KINDS = ("stt", "tts")
+"""A tiered kind's work subjects end in one of these (see processors.spec.WorkQueue)."""
 
 
 def check_token(value: str, what: str) -> str:
@@ -33,11 +32,13 @@ class Subjects:
         return f"{self.prefix}.control.{sid}"
 
     def work(self, kind: str, tier: str | None = None) -> str:
-        if kind in TIERED_KINDS:
-            if tier not in TIERS:
-                raise ValueError(f"{kind} work needs a tier in {TIERS}, not {tier!r}")
-            return f"{self.prefix}.work.{kind}.{tier}"
-        return f"{self.prefix}.work.{kind}"
+        """``<prefix>.work.<kind>``, or ``.<tier>`` after it for a tiered kind."""
+        check_token(kind, "kind")
+        if tier is None:
+            return f"{self.prefix}.work.{kind}"
+        if tier not in TIERS:
+            raise ValueError(f"{kind} work tier must be one of {TIERS}, not {tier!r}")
+        return f"{self.prefix}.work.{kind}.{tier}"
 
     # stream-wide filters
     @property

@@ -6,6 +6,7 @@ config updates them in place. See docs/design.md for why each is shaped so.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -22,7 +23,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from schemas.subjects import KINDS, TIERED_KINDS, TIERS, Subjects
+from schemas.subjects import Subjects
 from streams.settings import Settings
 
 AUDIO = "AUDIO"
@@ -66,79 +67,122 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
+INPUT = "morgan.input"
+"""Consumer metadata key naming what feeds it: ``work``, ``claim`` or ``tap`` (the
+gateway's overload polling reads it; see processors.spec)."""
+
+
 @dataclass(frozen=True)
-class WorkConsumer:
-    """The durable pull consumer that all workers of one kind and tier share."""
+class Consumer:
+    """A durable pull consumer, declared as data by a processor kind (processors.spec
+    derives them from its ``Spec``; ``streams`` never imports ``processors``)."""
 
-    kind: str
-    tier: str | None
-
-    @property
-    def durable(self) -> str:
-        return f"{self.kind}-{self.tier}" if self.tier else self.kind
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    """Full subjects (prefix included), wildcards allowed."""
+    ack_wait_s: float
+    max_deliver: int
+    """Deliveries before a message is given up; -1 = never."""
+    max_ack_pending: int
+    feeds: str
+    """``work``, ``claim`` or ``tap`` (stored as metadata ``morgan.input``)."""
+    deliver_new: bool = False
+    """Start at messages published after the consumer is made (a new tap), not the first."""
 
     def config(self, settings: Settings) -> ConsumerConfig:
-        claim = self.kind == "vad"
+        one = len(self.filter_subjects) == 1
         return ConsumerConfig(
             durable_name=self.durable,
-            filter_subject=Subjects(settings.prefix).work(self.kind, self.tier),
+            filter_subject=self.filter_subjects[0] if one else None,
+            filter_subjects=None if one else list(self.filter_subjects),
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=settings.claim_ack_wait_s if claim else settings.work_ack_wait_s,
-            # A claim lives as long as its session: never give up redelivering it.
-            max_deliver=-1 if claim else settings.max_deliver,
-            max_ack_pending=10_000 if claim else 1_000,
+            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
             num_replicas=settings.replicas,
+            metadata={INPUT: self.feeds},
         )
 
 
-def work_consumers() -> list[WorkConsumer]:
-    return [
-        WorkConsumer(kind, tier if kind in TIERED_KINDS else None)
-        for kind in KINDS
-        for tier in (TIERS if kind in TIERED_KINDS else (None,))
-    ]
-
-
 def session_audio_consumer(
-    settings: Settings, sid: str, owner: int = 1, start_seq: int | None = None
+    settings: Settings,
+    kind: str,
+    sid: str,
+    owner: int,
+    ack_wait_s: float,
+    start_seq: int | None = None,
 ) -> ConsumerConfig:
-    """The VAD's per-session reader of microphone frames; an ack covers all before it.
+    """A claim kind's per-session reader of microphone frames; an ack covers all before it.
 
     ``owner``: which owner of the session this is (1, then one more per takeover); each
     gets its own consumer, so a cut-off owner's pulls cannot take the new owner's frames.
     ``start_seq``: the AUDIO stream sequence to resume from (a takeover).
     """
     return ConsumerConfig(
-        durable_name=f"vad-{sid}-{owner}",
+        durable_name=f"{kind}-{sid}-{owner}",
         filter_subject=Subjects(settings.prefix).audio_in(sid),
         ack_policy=AckPolicy.ALL,
         deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=start_seq,
-        ack_wait=settings.claim_ack_wait_s,
+        ack_wait=ack_wait_s,
         max_ack_pending=100_000,
         inactive_threshold=settings.audio_max_age_s,
         num_replicas=settings.replicas,
     )
 
 
-async def apply(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream and shared work consumer."""
+async def apply(
+    js: JetStreamContext, settings: Settings, consumers: Iterable[Consumer] = ()
+) -> None:
+    """Create or update every stream, then the given consumers (a worker's own)."""
     for cfg in stream_configs(settings):
         try:
             await js.add_stream(cfg)
         except BadRequestError:
             await js.update_stream(cfg)
-    for consumer in work_consumers():
-        await ensure_consumer(js, WORK, consumer.config(settings))
+    for consumer in consumers:
+        await ensure_consumer(js, consumer.stream, consumer.config(settings))
 
 
-async def key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Bind to a KV bucket, creating it on first use (creating it twice with the same
-    config is a no-op, so racing starts are safe)."""
-    assert config.bucket is not None
+OWNERS = "MORGAN_OWNERS"
+"""KV: who owns each claimed session (processors.claims), keyed ``<kind>.<sid>``."""
+SESSIONS = "MORGAN_SESSIONS"
+"""KV: the gateway's session book (owner key and hashed resume token per session)."""
+CONFIG = "MORGAN_CONFIG"
+"""KV: live configuration when no Consul is configured (streams.config_source)."""
+DIALOG = "MORGAN_DIALOG"
+"""KV: each session's last exchanges, the LLM's dialog memory."""
+
+
+def bucket_configs(settings: Settings) -> dict[str, KeyValueConfig]:
+    """Every KV bucket Morgan uses, by name: declared here with the streams."""
+    replicas, file = settings.replicas, StorageType.FILE
+    return {
+        OWNERS: KeyValueConfig(
+            bucket=OWNERS, ttl=settings.audio_max_age_s, replicas=replicas, storage=file
+        ),
+        SESSIONS: KeyValueConfig(
+            bucket=SESSIONS, ttl=settings.events_max_age_s, replicas=replicas, storage=file
+        ),
+        CONFIG: KeyValueConfig(bucket=CONFIG, history=5, replicas=replicas, storage=file),
+        DIALOG: KeyValueConfig(
+            bucket=DIALOG,
+            history=1,
+            ttl=settings.events_max_age_s,
+            replicas=replicas,
+            storage=file,
+        ),
+    }
+
+
+async def key_value(js: JetStreamContext, settings: Settings, bucket: str) -> KeyValue:
+    """Bind to one of Morgan's KV buckets, creating it on first use (creating it twice
+    with the same config is a no-op, so racing starts are safe)."""
+    config = bucket_configs(settings)[bucket]
     try:
-        return await js.key_value(config.bucket)
+        return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(config)
 

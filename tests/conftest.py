@@ -11,6 +11,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from processors import registry
 from streams import bus, definitions, embedded
 from streams.settings import Settings
 
@@ -49,5 +50,15 @@ async def nc(settings: Settings) -> AsyncIterator[Client]:
 @pytest_asyncio.fixture
 async def js(nc: Client, settings: Settings) -> JetStreamContext:
     ctx = nc.jetstream()
-    await definitions.apply(ctx, settings)
+    await definitions.apply(ctx, settings, shipped_consumers(settings))
     return ctx
+
+
+def shipped_consumers(settings: Settings) -> list[definitions.Consumer]:
+    """The consumers of every built-in kind (workers make their own; tests that play a
+    kind's part, or read what was sent to it, need them before any worker runs)."""
+    return [
+        consumer
+        for kind in registry.BUILT_IN
+        for _, consumer in registry.spec(kind).consumers(settings)
+    ]

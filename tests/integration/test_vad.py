@@ -16,8 +16,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
-from processors import silero, vad
-from processors.context import Context
+from processors import claims, vad
+from processors.context import BusContext
 from schemas import (
     AudioFrame,
     Cancel,
@@ -31,7 +31,7 @@ from schemas import (
 )
 from streams import bus, definitions
 from streams.settings import Settings
-from tests.integration.audio_helpers import silence, speak, transcribe
+from testbed.audio import silence, speak, transcribe
 from tests.integration.bus_helpers import Inbox, stream_inbox, until, work_inbox
 from tests.integration.workers import ChildWorker, running
 
@@ -192,36 +192,32 @@ async def test_a_takeover_that_failed_midway_is_redone_without_remaking_its_cons
     consumer's start, which kept a session without a VAD for over a minute)."""
     mic = Mic(js, settings)
     await mic.send(silence(300))
-    ctx = cast(
-        Context, SimpleNamespace(js=js, settings=settings, state=silero.load_session(), raw=None)
-    )
+    ctx = cast(BusContext, SimpleNamespace(js=js, settings=settings, raw=None))
 
-    async def delivery() -> vad.VadSession:  # the session's claim, delivered once more
-        session = vad.VadSession(SessionClaim(mic.sid), ctx)
-        session.kv = await vad.progress_bucket(js, settings)
-        return session
+    def delivery() -> claims.Owner:  # the session's claim, delivered once more
+        return claims.Owner("vad", mic.sid, ctx, ack_wait_s=4.0)
 
-    await (await delivery())._take_over()  # owner 1
-    failing = await delivery()  # owner 2: makes its consumer, then its record write fails
+    await delivery().take_over()  # owner 1
+    failing = delivery()  # owner 2: makes its consumer, then its record write fails
 
     async def refused(**changes: object) -> None:
         raise Unavailable("JetStream system temporarily unavailable")
 
-    failing._write_progress = refused  # type: ignore[method-assign]
+    failing.save = refused  # type: ignore[method-assign]
     with pytest.raises(Unavailable):
-        await failing._take_over()
+        await failing.take_over()
     made = await js.consumer_info(definitions.AUDIO, f"vad-{mic.sid}-2")
     await mic.send(silence(300))  # meanwhile the cut-off owner 1 acknowledges more audio,
     reader = await js.pull_subscribe_bind(f"vad-{mic.sid}-1", stream=definitions.AUDIO)
     for frame in await reader.fetch(1000, timeout=2):  # so the retry finds a later ack floor
         await frame.ack_sync()
-    retry = await delivery()
-    await retry._take_over()
+    retry = delivery()
+    await retry.take_over()
     kept = await js.consumer_info(definitions.AUDIO, f"vad-{mic.sid}-2")
     names = {c.name for c in await js.consumers_info(definitions.AUDIO)}
     assert retry.durable == f"vad-{mic.sid}-2" and kept.created == made.created
     assert f"vad-{mic.sid}-1" not in names  # the last real owner's consumer is gone
-    assert retry.progress["owner"] == 2
+    assert retry.record["owner"] == 2
 
 
 async def test_session_end_releases_the_claim_and_the_session_consumer(
@@ -396,11 +392,11 @@ async def test_a_second_claim_for_a_held_session_takes_it_over_once_and_settles(
     holds it: the second claim takes the session over, the first is dropped rather than
     redelivered every ack wait to take it back, and speech is heard once."""
     mic = Mic(js, settings)
-    kv = await vad.progress_bucket(js, settings)
+    kv = await definitions.key_value(js, settings, definitions.OWNERS)
 
     async def owned_by(n: int) -> bool:
         with contextlib.suppress(KeyNotFoundError):
-            return bool(json.loads((await kv.get(mic.sid)).value or b"{}")["owner"] == n)
+            return bool(json.loads((await kv.get(f"vad.{mic.sid}")).value or b"{}")["owner"] == n)
         return False
 
     async with (

@@ -1,0 +1,135 @@
+"""A kind's handler without NATS: messages in, what it published out.
+
+    ctx = MemoryContext.of(stt.SPEC, state=model)
+    await ctx.handle(Utterance("s1", "u1", pcm=...))
+    assert [t.text for t in ctx.emitted_of(Transcript)] == ["hello"]
+
+``MemoryContext`` is the ``Context`` a handler sees in the runtime, kept in memory:
+it checks, as the runtime does, that the message is one the kind accepts and that
+everything published is declared; it routes forwarded work by the same route table;
+cancels and session ends are set by the test. KV buckets are in-memory, with the
+compare-and-set semantics of NATS KV that handlers rely on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from processors.context import undeclared
+from processors.spec import Spec
+from schemas import AudioChunk, Message, MessageError
+from streams.routes import Routes
+from streams.settings import Settings
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass
+class Entry:
+    key: str
+    value: bytes
+    revision: int
+
+
+class MemoryKv:
+    """A KV bucket in memory: get, and update with an expected last revision (0: the key
+    must not exist yet), as NATS KV does them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.revision = 0
+
+    async def get(self, key: str) -> Entry:
+        if key not in self.entries:
+            raise KeyNotFoundError()
+        return self.entries[key]
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        current = self.entries.get(key)
+        if last is not None and (current.revision if current else 0) != last:
+            raise KeyWrongLastSequenceError()
+        self.revision += 1
+        self.entries[key] = Entry(key, value, self.revision)
+        return self.revision
+
+
+@dataclass
+class MemoryContext:
+    spec: Spec
+    settings: Settings
+    state: Any = None
+    tier: str | None = None
+    routes: Routes = field(default_factory=Routes)
+    emitted: list[Message] = field(default_factory=list)
+    """Events, in order."""
+    forwarded: list[tuple[str, Message]] = field(default_factory=list)
+    """(the kind the route table sent it to, work), in order."""
+    audio: list[AudioChunk] = field(default_factory=list)
+    controls: list[Message] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    """Message ids of everything published, in order (dedup keys)."""
+    cancelled_turns: set[tuple[str, str]] = field(default_factory=set)
+    ended_sessions: set[str] = field(default_factory=set)
+    buckets: dict[str, MemoryKv] = field(default_factory=dict)
+    stopping: bool = False
+
+    @classmethod
+    def of(
+        cls, spec: Spec, *, state: Any = None, settings: Settings | None = None
+    ) -> MemoryContext:
+        return cls(spec, settings or Settings(), state)
+
+    async def handle(self, message: Message) -> None:
+        """Run the kind's handler on ``message`` as the runtime would (accepts checked)."""
+        if not isinstance(message, self.spec.accepts):
+            raise MessageError(f"{self.spec.kind} does not take {message.TYPE!r}")
+        assert self.spec.handle is not None, "a claim kind has no message handler"
+        await self.spec.handle(message, self)
+
+    def emitted_of(self, kind: type[M]) -> list[M]:
+        return [m for m in self.emitted if isinstance(m, kind)]
+
+    # --- the Context protocol ---
+    def current_settings(self) -> Settings:
+        return self.settings
+
+    def cancelled(self, sid: str, turn: str) -> bool:
+        return (sid, turn) in self.cancelled_turns
+
+    def session_ended(self, sid: str) -> bool:
+        return sid in self.ended_sessions
+
+    @property
+    def draining(self) -> bool:
+        return self.stopping
+
+    def _declared(self, msg: Message, msg_id: str = "") -> None:
+        if not isinstance(msg, self.spec.publishes):
+            raise undeclared(self.spec.kind, msg)
+        self.ids.append(msg_id)
+
+    async def emit(
+        self, event: Message, *, msg_id: str, trace: dict[str, str] | None = None
+    ) -> None:
+        self._declared(event, msg_id)
+        self.emitted.append(event)
+
+    async def forward(
+        self, work: Message, *, msg_id: str, trace: dict[str, str] | None = None
+    ) -> None:
+        self._declared(work, msg_id)
+        self.forwarded.append((self.routes.next_kind(self.spec.kind, work.TYPE), work))
+
+    async def send_audio(self, chunk: AudioChunk, *, msg_id: str) -> None:
+        self._declared(chunk, msg_id)
+        self.audio.append(chunk)
+
+    async def control(self, msg: Message) -> None:
+        self._declared(msg)
+        self.controls.append(msg)
+
+    async def key_value(self, bucket: str) -> MemoryKv:
+        return self.buckets.setdefault(bucket, MemoryKv())
