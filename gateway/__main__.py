@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from gateway.server import run
+from streams import logs
 from streams.settings import Settings
 
 
-def main() -> None:
-    settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+def main(settings: Settings | None = None) -> None:
+    """Serve with ``settings`` (``morgan run gateway`` passes its own), else the env's."""
+    settings = settings or Settings.from_env()
+    logs.setup(settings, "gateway", worker=logs.default_worker("gateway"))
     asyncio.run(run(settings))
 
 

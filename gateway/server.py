@@ -6,7 +6,8 @@ await srv.stop()
 
 uvicorn runs with the HTTP edge's limits: deadlines on request heads and on refused
 bodies (gateway/http_timeouts.py), an explicit keep-alive, and secrets redacted from its logs
-(gateway/log_filters.py).
+(gateway/log_filters.py). Its loggers get no handlers of their own: their records go to the
+root logger, which streams/logs.py sets up (JSON lines like every Morgan process).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gateway import log_filters
 from gateway.app import create_app
 from gateway.http_timeouts import with_timeouts
 from gateway.ws_protocol import ClosingAwareWebSocket
+from streams import tracing
 from streams.settings import Settings
 
 
@@ -58,6 +60,7 @@ def config(settings: Settings) -> uvicorn.Config:
         ws=ClosingAwareWebSocket,
         lifespan="on",
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records propagate to the root logger (streams/logs.py)
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
         timeout_keep_alive=settings.http_keep_alive_s,
         limit_concurrency=settings.http_max_connections,
@@ -67,7 +70,9 @@ def config(settings: Settings) -> uvicorn.Config:
 
 
 async def start(settings: Settings, *, timeout: float = 15.0) -> RunningGateway:
-    """Serve in this event loop; returns once the socket listens."""
+    """Serve in this event loop; returns once the socket listens. Traces are recorded as
+    ``morgan-gateway`` (streams/tracing.py; exported when MORGAN_OTEL_ENDPOINT is set)."""
+    tracing.setup(settings, "morgan-gateway")
     server = uvicorn.Server(config(settings))
     task = asyncio.create_task(server.serve())
     deadline = asyncio.get_running_loop().time() + timeout

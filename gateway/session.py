@@ -44,22 +44,27 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway import protocol
 from gateway.audio_order import AlreadySent, AudioOrder
 from gateway.mic_publisher import MicPublisher
+from gateway.overload import claim_subject
 from gateway.protocol import INPUT_FORMAT, INPUT_RATE, ProtocolError
 from gateway.resume import resume_point
 from gateway.state import Gateway
+from gateway.turn_metrics import TurnMetrics
 from schemas import (
     AudioChunk,
     Cancel,
+    ErrorEvent,
     MessageError,
     ReplyCancelled,
     ReplyDelta,
     ReplyDone,
     SessionClaim,
     SessionEnd,
+    SpeechStopped,
     Transcript,
     decode,
 )
-from streams import bus
+from schemas.codec import foreign
+from streams import bus, tracing
 from streams.definitions import AUDIO, EVENTS
 
 log = logging.getLogger("morgan.gateway.session")
@@ -98,6 +103,7 @@ class Session:
         self.subs: list[Subscription] = []
         self.send_lock = asyncio.Lock()
         self.open = True
+        self.turns = TurnMetrics(gw.metrics)
 
     async def run(self) -> None:
         """Serve the client until it disconnects or ends the session."""
@@ -135,6 +141,8 @@ class Session:
                 except Exception as exc:  # the connection may be gone already
                     log.debug("unsubscribe: %s", exc)
             self.gw.metrics.active_sessions.dec()
+            if self.sid is not None:
+                self.turns.close()
 
     async def on_text(self, raw: str) -> None:
         msg = protocol.parse(raw)
@@ -145,7 +153,9 @@ class Session:
         elif self.sid is None:
             raise ProtocolError("no_session", "send session.start first")
         elif isinstance(msg, protocol.Text):
+            received = asyncio.get_running_loop().time()
             self.current_turn = await self.gw.typed_turn(self.client, self.sid, msg.text)
+            self.turns.typed(self.current_turn, received)
         else:
             await self.client_cancel(self.sid)
 
@@ -178,6 +188,7 @@ class Session:
                     js, s.audio_in(sid), sid, seq=frame_seq, offset=offset, limit_s=backlog_s
                 )
                 self.audio_at = asyncio.get_running_loop().time() - silent_s
+                self.turns.input_end = offset
             except BaseException:
                 self.sid = None
                 for sub in self.subs:
@@ -217,6 +228,7 @@ class Session:
         self.mic.put(data)
         self.gw.metrics.frames_in.inc()
         now = asyncio.get_running_loop().time()
+        self.turns.heard(len(data) // 2, now)
         if now - self.audio_at > self.gw.settings.session_idle_s / 2:
             # After a long silence the VAD may have let the session go (idle): claim it
             # again. A worker that still holds it hands it over.
@@ -232,7 +244,8 @@ class Session:
         the first claim (Nats-Msg-Id ``claim.<sid>.<unix ms>``)."""
         claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
         msg_id = f"claim.{sid}.{claim.started_ms}" if again else f"claim.{sid}"
-        await bus.publish(self.gw.js, self.gw.subjects.work("vad"), claim, msg_id=msg_id)
+        subject = claim_subject(self.gw.settings)
+        await bus.publish(self.gw.js, subject, claim, msg_id=msg_id)
 
     async def client_cancel(self, sid: str) -> None:
         turn = self.current_turn
@@ -262,6 +275,7 @@ class Session:
         """Drop the turn's audio and tell the client once; record it on EVENTS for resume."""
         if self.sid is None or not self.order.cancel(turn):
             return
+        self.turns.ended(turn, "cancelled")
         await self.send(
             {"type": ReplyCancelled.TYPE, "turn": turn, "reason": reason, "flush": True}
         )
@@ -291,24 +305,40 @@ class Session:
             if event_id >= self.events_tail:
                 self.events_ready.set()
 
+    async def _foreign_event(self, event_id: int, raw: Msg, error: MessageError) -> None:
+        """An event of a type only its publisher knows (a kind from another package): the
+        client gets its JSON fields as they are; anything else was not an event."""
+        fields = foreign(raw.headers, raw.data)
+        if fields is None:
+            log.warning("session %s: bad event %s: %s", self.sid, event_id, error)
+        elif event_id > self.last_event:
+            fields.pop("sid", None)
+            await self.send({**fields, "id": event_id})
+
     async def _event(self, event_id: int, raw: Msg) -> None:
         try:
             event = decode(raw.headers, raw.data)
         except MessageError as exc:
-            log.warning("session %s: bad event %s: %s", self.sid, event_id, exc)
+            await self._foreign_event(event_id, raw, exc)
             return
         fresh = event_id > self.last_event  # older ones only rebuild state on resume
         turn = str(getattr(event, "turn", ""))
         if isinstance(event, ReplyCancelled):
             if self.order.cancel(turn) and fresh:
+                self.turns.ended(turn, "cancelled")
                 await self.send({**event.to_client(), "id": event_id, "flush": True})
             return
         if isinstance(event, ReplyDone):
             self.order.done(turn, event.sentences)
+            self._ended_if_complete(turn)
+        if fresh:
+            self._measure(event)
         if isinstance(event, Transcript | ReplyDelta | ReplyDone):
             self.current_turn = turn
         if fresh:
-            await self.send({**event.to_client(), "id": event_id})
+            silent = isinstance(event, ReplyDone) and event.sentences == 0
+            with self._reply_span(raw if silent else None, turn):  # a reply without audio
+                await self.send({**event.to_client(), "id": event_id})
             self.gw.metrics.events_out.inc()
 
     async def on_audio(self, raw: Msg) -> None:
@@ -325,7 +355,11 @@ class Session:
             key = (chunk.seq, chunk.chunk, chunk.last)
             for ready_id, ready in self.order.add(chunk.turn, *key, (stream_id, chunk)):
                 if self.sent_before is None or not self.sent_before.has(ready_id):
-                    await self.send_audio(ready_id, ready)
+                    # Released first, so it is this message: its trace is the turn's.
+                    first = ready_id == stream_id and chunk.seq == chunk.chunk == 0
+                    with self._reply_span(raw if first else None, chunk.turn):
+                        await self.send_audio(ready_id, ready)
+            self._ended_if_complete(chunk.turn)
         except Exception:
             log.exception("session %s: audio %s", self.sid, stream_id)
 
@@ -333,6 +367,30 @@ class Session:
         async with self.send_lock:
             await self._write(protocol.audio_header(stream_id, chunk), chunk.pcm)
         self.gw.metrics.audio_chunks_out.inc()
+        self.turns.audio_sent(chunk.turn, asyncio.get_running_loop().time())
+
+    def _reply_span(self, raw: Msg | None, turn: str) -> contextlib.AbstractContextManager[Any]:
+        """``gateway.reply`` around sending a turn's first reply (streams/tracing.py), as a
+        child of the trace ``raw`` carries; nothing for None."""
+        if raw is None:
+            return contextlib.nullcontext()
+        attrs = {"morgan.session": self.sid or "", "morgan.turn": turn}
+        return tracing.continued("gateway.reply", raw.headers, **attrs)
+
+    def _measure(self, event: object) -> None:
+        """What a fresh event tells the turn metrics (gateway/turn_metrics.py)."""
+        if isinstance(event, SpeechStopped):
+            now = asyncio.get_running_loop().time()
+            self.turns.speech_stopped(event.turn, event.at_ms, now)
+        elif isinstance(event, Transcript):
+            self.turns.started(event.turn)
+        elif isinstance(event, ErrorEvent) and event.turn:
+            self.turns.ended(event.turn, "error")
+
+    def _ended_if_complete(self, turn: str) -> None:
+        """All of the turn's reply audio has gone out (or it has none): it is done."""
+        if self.order.complete(turn):
+            self.turns.ended(turn, "done")
 
     async def send(self, obj: dict[str, Any]) -> None:
         async with self.send_lock:

@@ -42,6 +42,11 @@ class TurnReply:
         self.rate = DEFAULT_RATE
         self.text = ""
         self.failure: str | None = None
+        self.outcome = "abandoned"
+        """How the turn ended (``gateway.metrics.TURN_OUTCOMES``); ``abandoned`` while it
+        has not (the client left)."""
+        self.first_audio_at: float | None = None
+        """When the first chunk that can be played came (event-loop seconds)."""
         self.finished = asyncio.Event()
 
     def add(self, msg: Message) -> None:
@@ -49,15 +54,19 @@ class TurnReply:
             return
         if isinstance(msg, AudioChunk):
             for chunk in self.order.add(msg.turn, msg.seq, msg.chunk, msg.last, msg):
+                if self.first_audio_at is None:
+                    self.first_audio_at = asyncio.get_running_loop().time()
                 self.pcm += chunk.pcm
                 self.rate = chunk.rate
         elif isinstance(msg, ReplyDone):
             self.text = msg.text
             self.order.done(msg.turn, msg.sentences)
         elif isinstance(msg, ReplyCancelled):
-            self.failure = f"reply cancelled ({msg.reason})"
+            self.failure, self.outcome = f"reply cancelled ({msg.reason})", "cancelled"
         elif isinstance(msg, ErrorEvent):
-            self.failure = f"{msg.code}: {msg.message}"
+            self.failure, self.outcome = f"{msg.code}: {msg.message}", "error"
+        if self.failure is None and self.order.complete(self.turn):
+            self.outcome = "done"
         if self.failure is not None or self.order.complete(self.turn):
             self.finished.set()
 
@@ -82,6 +91,7 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         raw = await read_body(request, MAX_BODY_BYTES, gw.settings.http_body_timeout_s)
     except BodyRefused as exc:
         return exc.response()
+    received = asyncio.get_running_loop().time()
     try:
         body = load_object(raw, "the body")
         text = text_of(body)
@@ -118,9 +128,12 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         try:
             await asyncio.wait_for(reply.finished.wait(), gw.settings.text_timeout_s)
         except TimeoutError:
+            reply.outcome = "timeout"
             return error_response(
                 504, "timeout", f"no complete reply in {gw.settings.text_timeout_s} s"
             )
+        finally:
+            _measure(gw, reply, received)
     finally:
         for sub in subs:
             with contextlib.suppress(NatsError):  # the connection may be gone
@@ -132,6 +145,13 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
     if new_token is not None:
         answer["resume_token"] = new_token
     return JSONResponse(answer)
+
+
+def _measure(gw: Gateway, reply: TurnReply, received: float) -> None:
+    """The turn's outcome and, when audio came, its wait from the text's receipt."""
+    gw.metrics.turns.labels(reply.outcome).inc()
+    if reply.first_audio_at is not None:
+        gw.metrics.first_audio.labels("rest").observe(max(0.0, reply.first_audio_at - received))
 
 
 def _unavailable(gw: Gateway, exc: BaseException) -> JSONResponse:

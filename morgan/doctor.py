@@ -38,11 +38,12 @@ def _kinds(settings: Settings) -> list[Spec]:
     """Print each installed kind's declaration; returns the specs that loaded."""
     print("kinds (built-in and entry points 'morgan.processors'; * = started by morgan up)")
     specs: list[Spec] = []
+    width = max(map(len, registry.kinds()))
     for kind, target in sorted(registry.kinds().items()):
         try:
             spec = registry.spec(kind)
         except (ImportError, registry.UnknownKind) as exc:
-            print(f"  {kind:<6} BROKEN {target}: {exc}")
+            print(f"  {kind:<{width}} BROKEN {target}: {exc}")
             continue
         specs.append(spec)
         mark = "*" if kind in settings.kind_list else " "
@@ -50,7 +51,7 @@ def _kinds(settings: Settings) -> list[Spec]:
         feeds = f"{spec.feeds}{'(gpu/cpu)' if spec.tiered else ''}{f' {source}' if source else ''}"
         deliveries = spec.deliveries(settings)
         print(
-            f" {mark}{kind:<6} {feeds:<15} ack wait {spec.ack_wait(settings):g} s, "
+            f" {mark}{kind:<{width}} {feeds:<15} ack wait {spec.ack_wait(settings):g} s, "
             f"deliveries {'unlimited' if deliveries < 0 else deliveries}, "
             f"{spec.concurrency} at once; publishes " + ", ".join(m.TYPE for m in spec.publishes)
         )

@@ -10,6 +10,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from streams import logs
+
 log = logging.getLogger("morgan.up")
 
 
@@ -38,7 +40,19 @@ class Child:
         while line := await self.proc.stderr.readline():
             if self.ready_marker in line and not self.ready.is_set():
                 self.ready.set()
-            sys.stderr.write(f"[{self.name}] {line.decode(errors='replace')}")
+            sys.stderr.write(child_line(self.name, line.decode(errors="replace")))
+
+
+def child_line(name: str, line: str, *, readable: bool | None = None) -> str:
+    """A child's stderr line as ``morgan up`` writes it. ``readable`` (default: our stderr
+    is a terminal): ``[name]`` and the line, a JSON log line (streams/logs.py) shown as one
+    readable line. Otherwise a JSON log line goes out as it is, for a log shipper to parse
+    (its ``kind`` field names the child), and any other line after ``[name]``."""
+    if readable is None:
+        readable = sys.stderr.isatty()
+    if readable:
+        return f"[{name}] {logs.render(line)}"
+    return line if logs.parse(line) is not None else f"[{name}] {line}"
 
 
 class Supervisor:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
 from processors import hardware, registry
 from processors.runtime import Worker
+from streams import logs
 from streams.settings import Settings
 
 
@@ -35,9 +35,7 @@ def main(argv: list[str], settings: Settings | None = None) -> int:
         )
         return 2
     hardware.pin(settings.cpu_set)  # before any thread exists: threads inherit it
-    logging.basicConfig(
-        level=settings.log_level, format=f"%(asctime)s {argv[0]} %(levelname)s %(message)s"
-    )
+    logs.setup(settings, argv[0], worker=logs.default_worker(argv[0]))
     asyncio.run(run(argv[0], settings))
     return 0
 

@@ -76,7 +76,9 @@ class Context(Protocol):
     async def control(self, msg: Message) -> None:
         """Publish a control message (cancel) to ``<prefix>.control.<sid>``, core NATS."""
 
-    async def key_value(self, bucket: str) -> KvStore: ...
+    async def key_value(self, bucket: str) -> KvStore:
+        """One of the KV buckets declared in ``streams.definitions`` (KeyError if not)."""
+        ...
 
 
 @dataclass

@@ -21,6 +21,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from processors.context import undeclared
 from processors.spec import Spec
 from schemas import AudioChunk, Message, MessageError
+from streams import definitions
 from streams.routes import Routes
 from streams.settings import Settings
 
@@ -132,4 +133,6 @@ class MemoryContext:
         self.controls.append(msg)
 
     async def key_value(self, bucket: str) -> MemoryKv:
+        if bucket not in definitions.bucket_configs(self.settings):
+            raise KeyError(f"KV bucket {bucket!r} is not declared in streams.definitions")
         return self.buckets.setdefault(bucket, MemoryKv())

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 from importlib.metadata import entry_points
 
 from processors.spec import Spec
 
+log = logging.getLogger("morgan.registry")
 GROUP = "morgan.processors"
 BUILT_IN = {
     "vad": "processors.vad:SPEC",
@@ -54,4 +56,7 @@ def is_tiered(kind: str) -> bool:
     try:
         return spec(kind).tiered
     except UnknownKind:
+        return False
+    except ImportError as exc:  # installed but broken: said once, then treated as unknown
+        log.error("kind %s cannot be imported (%s): its work goes untiered", kind, exc)
         return False

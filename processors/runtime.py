@@ -41,8 +41,8 @@ from schemas import (
     Superseded,
     decode,
 )
-from schemas.codec import SESSION_HEADER
-from streams import bus, definitions, tracing
+from schemas.codec import SESSION_HEADER, TURN_HEADER
+from streams import bus, definitions, logs, tracing
 from streams.config_source import ConfigSource
 from streams.definitions import Consumer
 from streams.routes import Routes
@@ -204,8 +204,17 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(raw))
         started = time.perf_counter()
         outcome = "ok"
+        headers = raw.headers or {}
         try:
-            with metrics.in_flight(kind), tracing.span(f"{kind}.handle", raw.headers) as span:
+            with (
+                metrics.in_flight(kind),
+                tracing.span(f"{kind}.handle", raw.headers) as span,
+                logs.bind(
+                    session=headers.get(SESSION_HEADER),
+                    turn=headers.get(TURN_HEADER),
+                    trace_id=tracing.trace_id(span),
+                ),
+            ):
                 ctx.trace = tracing.headers_of(span)
                 message = decode(raw.headers, raw.data)
                 if not isinstance(message, self.spec.accepts):
@@ -227,7 +236,8 @@ class Worker:
             self.handled += 1
         finally:
             heartbeat.cancel()
-            metrics.handled(kind, tier, outcome, time.perf_counter() - started)
+            if self.spec.feeds != "claim":  # a claim is held for its session's whole life
+                metrics.handled(kind, tier, outcome, time.perf_counter() - started)
 
     async def _hold(self, claim: SessionClaim, ctx: BusContext) -> None:
         """Own the claim's session until it ends (counted in ``sessions held``)."""
@@ -265,7 +275,7 @@ class Worker:
                 sid=sid,
                 code=error.code,
                 message=str(error),
-                turn=(raw.headers or {}).get("Morgan-Turn", ""),
+                turn=(raw.headers or {}).get(TURN_HEADER, ""),
                 retryable=error.retryable,
             )
             subject = Subjects(self.settings.prefix).events(sid, event.TYPE)

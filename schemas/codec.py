@@ -61,6 +61,19 @@ def decode(headers: typing.Mapping[str, str] | None, body: bytes) -> Message:
     return build(cls, fields)
 
 
+def foreign(headers: typing.Mapping[str, str] | None, body: bytes) -> dict[str, Any] | None:
+    """The fields of a JSON message whose type this process does not know (a kind from
+    another package published it), with its ``type``; None for anything else."""
+    kind = (headers or {}).get(TYPE_HEADER, "")
+    if not kind or message_type(kind) is not None or META_HEADER in (headers or {}):
+        return None
+    try:
+        fields = _loads(body)
+    except MessageError:
+        return None
+    return {**fields, "type": kind}
+
+
 def build(cls: type[Message], fields: dict[str, Any]) -> Message:
     """Make ``cls`` from untrusted fields, checking names and types."""
     hints = _hints(cls)

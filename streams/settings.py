@@ -1,15 +1,21 @@
 """The one Settings object. The only place Morgan reads the environment.
 
 Each field's env var is ``MORGAN_<FIELD>`` unless it says otherwise.
-Build it once with ``Settings.from_env()`` in ``morgan/`` and pass it down.
+Each program builds it once with ``Settings.from_env()`` at its entry point
+(``morgan/cli.py``, ``python -m gateway``, ``python -m processors``) and passes it
+down; nothing below the entry points reads the environment. Live configuration
+(``streams/config_source.py``) derives new, frozen copies with ``model_copy``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.routes import Routes
 
 
 class Settings(BaseSettings):
@@ -32,10 +38,22 @@ class Settings(BaseSettings):
     """Seconds input and reply audio stay in the AUDIO stream. Env: MORGAN_AUDIO_MAX_AGE_S."""
     events_max_age_s: float = Field(86400.0, gt=0)
     """Seconds events stay replayable for resume. Env: MORGAN_EVENTS_MAX_AGE_S."""
-    work_ack_wait_s: float = Field(30.0, gt=0)
-    """Seconds a worker may hold work without heartbeat before redelivery."""
-    claim_ack_wait_s: float = Field(4.0, gt=0)
-    """Seconds before a dead VAD worker's session claim moves to another worker."""
+    work_ack_wait_s: float = Field(0.0, ge=0)
+    """Seconds a work or tap message may go without a heartbeat before it is redelivered to
+    another worker; 0 (default) = each kind's declared ack wait (3 s for the shipped kinds:
+    a worker heartbeats every third of it while it works, so only a dead one loses its
+    message). Env: MORGAN_WORK_ACK_WAIT_S."""
+    claim_ack_wait_s: float = Field(0.0, ge=0)
+    """Seconds before a dead worker's session claim moves to another worker; 0 (default) =
+    the kind's declared ack wait (4 s for the VAD). Env: MORGAN_CLAIM_ACK_WAIT_S."""
+    kinds: str = "vad,stt,llm,tts"
+    """Comma-separated processor kinds ``morgan up`` starts, one worker each: the built-in
+    ones and any installed under the entry-point group ``morgan.processors`` (default the
+    shipped pipeline). Env: MORGAN_KINDS."""
+    routes: str = ""
+    """Route table overrides, ``sender:type=kind`` comma-separated (``*`` = any sender),
+    e.g. ``stt:llm.request=redact`` to put a ``redact`` kind between STT and the LLM;
+    empty (default) = the shipped pipeline (streams.routes). Env: MORGAN_ROUTES."""
     max_deliver: int = Field(10, ge=1)
     """Deliveries of one work message before it is given up; with the runtime's backoff
     (0.25 s doubling to 8 s) 10 keeps retrying for about 40 s, past a NATS leader
@@ -201,10 +219,14 @@ class Settings(BaseSettings):
     # --- observability ---
     log_level: str = "INFO"
     """Python log level. Env: MORGAN_LOG_LEVEL."""
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """Log lines as JSON objects (``json``), readable text (``text``), or JSON unless
+    stderr is a terminal (``auto``, default); streams/logs.py. Env: MORGAN_LOG_FORMAT."""
     otel_endpoint: str = ""
     """OTLP/HTTP traces endpoint; empty = no export. Env: MORGAN_OTEL_ENDPOINT."""
     metrics_port: int = Field(0, ge=0, le=65535)
-    """Port of a processor's Prometheus /metrics; 0 (default) = not served.
+    """Port of a processor's Prometheus /metrics; 0 (default) = not served. Under
+    ``morgan up`` the n-th kind of ``MORGAN_KINDS`` serves on this port + n (1, 2, ...).
     Env: MORGAN_METRICS_PORT."""
 
     @field_validator("prefix")
@@ -212,6 +234,12 @@ class Settings(BaseSettings):
     def _one_token(cls, value: str) -> str:
         if not value or any(c in value for c in ". *>"):
             raise ValueError("prefix must be one subject token")
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: str) -> str:
+        Routes.parse(value)  # RouteError is a ValueError: a clear settings error
         return value
 
     @field_validator("llm_backend")
@@ -238,6 +266,10 @@ class Settings(BaseSettings):
     @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def kind_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.kinds.split(",") if k.strip())
 
     @property
     def tier_list(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ the bus: events on EVENTS, reply audio on AUDIO, cancels on the control subject.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -174,6 +175,25 @@ async def test_events_reach_the_client_with_stream_ids_in_order(
     assert ids == sorted(ids) and len(set(ids)) == 4
     last = await js.get_last_msg("EVENTS", Subjects().events(sid, "reply.done"))
     assert ids[-1] == last.seq
+
+
+async def test_an_event_of_a_type_only_its_publisher_knows_reaches_the_client_as_json(
+    gateway: RunningGateway, js: JetStreamContext
+) -> None:
+    """A kind from another package publishes its own event type; the gateway passes its
+    JSON fields on (and still drops what is not a JSON event)."""
+    client = await open_client(gateway)
+    sid = (await client.start())["session_id"]
+    subject = Subjects().events(sid, "keyword")
+    await js.publish(subject, b"not json", headers={"Morgan-Type": "keyword"})
+    body = json.dumps({"sid": sid, "turn": "u1", "word": "weather"}).encode()
+    await js.publish(subject, body, headers={"Morgan-Type": "keyword"})
+    got = await client.recv()
+    assert {k: v for k, v in got.items() if k != "id"} == {
+        "type": "keyword",
+        "turn": "u1",
+        "word": "weather",
+    }
 
 
 async def test_out_of_order_audio_chunks_reach_the_client_in_seq_chunk_order(
