@@ -4,8 +4,9 @@
    beside the same model's throughput alone on 1 and 2 cores (no Morgan around it).
 2. Tier fallback: from the death of the only gpu-tier STT worker to the first utterance
    served on the cpu tier, with producers choosing the tier through ``TierRouter``.
-3. ``--chaos N``: N conversations of ``--turns`` turns while processors are killed
-   and restarted at random; turns started/completed/lost/duplicated and p95 latency.
+3. ``--chaos N``: N conversations of ``--turns`` turns, first with no kills, then
+   while processors are killed and restarted at random; turns started/completed/lost/
+   duplicated and p95 latency of both, and how much the kills added to the p95.
 
     sudo .venv/bin/python bench/scale.py --utterances 24 --chaos 50
 """
@@ -30,10 +31,10 @@ from nats.aio.msg import Msg
 from processors.routing import TierRouter
 from schemas import Utterance
 from streams import bus
-from tests.integration.audio_helpers import QUESTIONS, silence, speak
-from tests.system import netns
-from tests.system.chaos import chaos_run
-from tests.system.deployment import HOSTS, Deployment, start_morgan
+from testbed import netns
+from testbed.audio import QUESTIONS, silence, speak
+from testbed.chaos import chaos_run
+from testbed.deployment import HOSTS, Deployment, start_morgan
 
 
 class Transcripts:
@@ -217,22 +218,31 @@ async def main(args: argparse.Namespace) -> int:
             try:
                 dep = await start_morgan(net)
                 utts = [silence(300) + speak(p) + silence(900) for p in QUESTIONS]
-                res = await chaos_run(
-                    dep,
-                    [dep.url_of("gw"), dep.url_of("gw2")],
-                    utts,
-                    conversations=args.chaos,
-                    turns=args.turns,
-                    interval_s=args.kill_every,
-                    kill_vad=not args.no_vad,
-                    parallel=args.parallel,
+                runs = {}
+                for kill in (False, True):  # the same conversations, without kills first
+                    runs[kill] = await chaos_run(
+                        dep,
+                        [dep.url_of("gw"), dep.url_of("gw2")],
+                        utts,
+                        conversations=args.chaos,
+                        turns=args.turns,
+                        interval_s=args.kill_every,
+                        kill_vad=not args.no_vad,
+                        parallel=args.parallel,
+                        kill=kill,
+                    )
+                calm, res = runs[False], runs[True]
+                results.append(
+                    f"no kills ({args.chaos} conversations x {args.turns} turns, "
+                    f"{calm.seconds:.0f} s): {calm.tally.line()}"
                 )
                 results.append(
                     f"chaos ({args.chaos} conversations x {args.turns} turns, "
                     f"{len(res.kills)} kills{'' if not args.no_vad else ', no VAD kills'}, "
-                    f"{res.seconds:.0f} s): {res.tally.line()}"
+                    f"{res.seconds:.0f} s): {res.tally.line()}; p95 over the no-kill run: "
+                    f"+{res.tally.p95() - calm.tally.p95():.2f} s (target <= 3 s)"
                 )
-                print(results[-1], flush=True)
+                print("\n".join(results[-2:]), flush=True)
                 if res.tally.lost or res.tally.duplicated or res.tally.extra:
                     print("\n".join(res.turns))
             finally:

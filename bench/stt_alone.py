@@ -23,7 +23,7 @@ from streams.settings import Settings
 def main(core: int, n: int) -> None:
     hardware.pin(frozenset({core}))  # before numpy and CTranslate2 make their threads
     from processors import stt
-    from tests.integration.audio_helpers import QUESTIONS, silence, speak
+    from testbed.audio import QUESTIONS, silence, speak
 
     pcms = [silence(200) + speak(p) + silence(200) for p in QUESTIONS]
     model = stt.open_model(Settings(), gpu=False)

@@ -7,6 +7,10 @@ audio byte at the client, the stages, the ratio of that total to the models' own
 compute measured in the same run, and the per-frame bus overhead.
 
     .venv/bin/python bench/turn_latency.py --turns 8
+
+``--before COMMIT`` compares against another commit in the same run: it checks the
+commit out (git worktree) and alternates rounds of ``morgan up`` from each tree, with
+the same questions, and prints both and the ratio now/before.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,10 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schemas import decode
-from tests.integration.audio_helpers import silence, speak
-from tests.system.morgan_process import MorganUp, VoiceClient
+from testbed.audio import silence, speak
+from testbed.morgan_process import MorganUp, VoiceClient
 
 TOTAL = "total: end of speech -> first audio at client"
+FRAME_BUS = "frame: WebSocket in -> on the bus"
+FRAME_VAD = "frame: WebSocket in -> VAD-style consumer receipt"
 QUESTIONS = [
     "what is the capital of france",
     "tell me a fun fact about cats",
@@ -104,18 +111,81 @@ async def frame_overhead(url: str, nats_url: str, n: int = 300) -> tuple[list[fl
     return on_bus, at_vad
 
 
-async def run(turns: int) -> None:
+ROOT = Path(__file__).resolve().parents[1]
+Rows = dict[str, list[float]]
+
+
+async def run_tree(root: Path, turns: int) -> Rows:
+    """Start ``morgan up`` from ``root``, measure ``turns`` turns and the frame path."""
     with tempfile.TemporaryDirectory() as tmp:
-        up = MorganUp(Path(tmp))
+        up = MorganUp(Path(tmp), root=root)
         try:
             await asyncio.to_thread(up.wait_ready)
             nats_url = next(line.split()[1] for line in up.out if line.startswith("nats-server"))
-            await measure(up, nats_url, turns)
+            rows = await measure(up, nats_url, turns)
+            hop, vad_hop = await frame_overhead(up.url, nats_url)
+            rows[FRAME_BUS] = hop
+            rows[FRAME_VAD] = vad_hop
+            return rows
         finally:
             up.stop()
 
 
-async def measure(up: MorganUp, nats_url: str, turns: int) -> None:
+def report(rows: Rows) -> None:
+    print(f"turns measured: {len(rows[TOTAL])}")
+    print(f"{'stage':<50} {'p50':>9} {'p95':>9}")
+    for name, values in rows.items():
+        unit = "x" if name.startswith("ratio") else "ms"
+        q = 0.99 if name.startswith("frame") else 0.95
+        print(f"{name:<50} {pct(values, 0.5):>8.1f}{unit} {pct(values, q):>8.1f}{unit}")
+
+
+def compare(before: Rows, now: Rows, commit: str) -> None:
+    print(
+        f"{'stage (p50 / p95; frames p50 / p99)':<50} {'before ' + commit[:8]:>19} {'now':>17} "
+        f"{'now/before':>11}"
+    )
+    for name in (
+        TOTAL,
+        "bus + gateway (total - models' compute)",
+        "models' compute (vad tail + stt + llm + tts)",
+        FRAME_BUS,
+        FRAME_VAD,
+    ):
+        q = 0.99 if name.startswith("frame") else 0.95
+        b50, b95 = pct(before[name], 0.5), pct(before[name], q)
+        n50, n95 = pct(now[name], 0.5), pct(now[name], q)
+        print(
+            f"{name:<50} {b50:>8.1f} /{b95:>8.1f} {n50:>7.1f} /{n95:>8.1f} "
+            f"{n50 / b50:>5.2f}x/{n95 / b95:.2f}x"
+        )
+
+
+async def run(turns: int, before: str, rounds: int) -> None:
+    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}")
+    if not before:
+        report(await run_tree(ROOT, turns))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "before"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(old), before],
+            check=True,
+        )
+        try:
+            merged: dict[str, Rows] = {"before": {}, "now": {}}
+            for _ in range(rounds):  # alternate, so drift of the machine hits both alike
+                for name, root in (("before", old), ("now", ROOT)):
+                    for stage, values in (await run_tree(root, turns)).items():
+                        merged[name].setdefault(stage, []).extend(values)
+            compare(merged["before"], merged["now"], before)
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False
+            )
+
+
+async def measure(up: MorganUp, nats_url: str, turns: int) -> Rows:
     clock = BusClock()
     nc = await nats.connect(nats_url)
     await nc.subscribe("morgan.work.>", cb=clock.on_msg)
@@ -159,24 +229,16 @@ async def measure(up: MorganUp, nats_url: str, turns: int) -> None:
             (turn.first_audio_at - audio_at) * 1000
         )
     await nc.close()
-    hop, vad_hop = await frame_overhead(up.url, nats_url)
-    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}")
-    print(f"turns measured: {len(rows[TOTAL])}")
-    print(f"{'stage':<50} {'p50':>9} {'p95':>9}")
-    for name, values in rows.items():
-        unit = "x" if name.startswith("ratio") else "ms"
-        print(f"{name:<50} {pct(values, 0.5):>8.1f}{unit} {pct(values, 0.95):>8.1f}{unit}")
-    for name, values in (("on the bus", hop), ("VAD-style consumer receipt", vad_hop)):
-        print(
-            f"{'frame: WebSocket in -> ' + name:<50} {pct(values, 0.5):>8.2f}ms "
-            f"{pct(values, 0.99):>8.2f}ms (p99)"
-        )
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--turns", type=int, default=6)
-    asyncio.run(run(p.parse_args().turns))
+    p.add_argument("--before", default="", help="a commit to compare with, in the same run")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree")
+    args = p.parse_args()
+    asyncio.run(run(args.turns, args.before, args.rounds))
 
 
 if __name__ == "__main__":

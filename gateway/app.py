@@ -8,8 +8,10 @@
     POST /api/text  typed turn -> text + WAV  (API key; 503 when overloaded, 429 past the
                                                client's share of turns)
 
-The lifespan connects to NATS, applies the stream definitions and starts the
-queue-depth poller. docs/protocol.md describes what clients send and receive.
+The lifespan connects to NATS, applies the stream definitions, starts the live
+config (area ``gateway``: Consul KV, else NATS KV; docs/consul.md lists what
+applies live) and the queue-depth poller. docs/protocol.md describes what clients
+send and receive.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
+from nats.errors import Error as NatsError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -36,6 +39,7 @@ from gateway.session import Session
 from gateway.session_book import SessionBook
 from gateway.state import Gateway, gateway_of
 from streams import bus, definitions
+from streams.config_source import ConfigSource
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.gateway")
@@ -58,10 +62,13 @@ def create_app(settings: Settings) -> FastAPI:
         nc = await bus.connect(settings, f"morgan-gateway-{platform.node()}")
         js = nc.jetstream()
         await definitions.apply(js, settings)
-        load = Load(settings, metrics)
+        config = ConfigSource(settings, "gateway", nc=nc)
+        live = await config.start()  # the store's settings, else a fresh cache's, else these
+        load = Load(live, metrics)
         await load.poll_once(js)
         book = await SessionBook.open(js, settings)
-        gw = Gateway(settings, nc, js, metrics, load, book, Quota(settings))
+        gw = Gateway(live, nc, js, metrics, load, book, Quota(live))
+        config.subscribe(gw.reconfigure)
         app.state.gateway = gw
         await gw.watch_turn_ends()
         poller = asyncio.create_task(load.run(js))
@@ -72,8 +79,11 @@ def create_app(settings: Settings) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            with contextlib.suppress(Exception):
+            await config.stop()
+            try:
                 await asyncio.wait_for(nc.drain(), 5)
+            except (NatsError, TimeoutError) as exc:  # closed already, or slow to flush
+                log.warning("gateway: NATS drain: %r", exc)
 
     app = FastAPI(title="Morgan gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

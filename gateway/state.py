@@ -26,7 +26,8 @@ from schemas import (
     Transcript,
     decode,
 )
-from streams import bus
+from streams import bus, tracing
+from streams.routes import Routes
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.gateway")
@@ -48,6 +49,14 @@ class Gateway:
     def subjects(self) -> Subjects:
         return Subjects(self.settings.prefix)
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Live config: requests, sessions, quotas and the overload check read these
+        settings from now on (what applies live is listed in docs/consul.md)."""
+        log.info("gateway: configuration changed")
+        self.settings = settings
+        self.load.settings = settings
+        self.quota.settings = settings
+
     async def typed_turn(self, client: str, sid: str, text: str, turn: str | None = None) -> str:
         """Start a turn from typed text: a transcript event, then work for the LLM.
 
@@ -58,13 +67,23 @@ class Gateway:
         self.quota.start_turn(client, sid, turn)
         s = self.subjects
         event = Transcript(sid, turn, text)
+        # The turn's trace starts here (streams/tracing.py); both messages carry it on.
+        attrs = {"morgan.session": sid, "morgan.turn": turn, "morgan.input": "text"}
         try:
-            await bus.publish(
-                self.js, s.events(sid, event.TYPE), event, msg_id=f"{sid}.{turn}.transcript"
-            )
-            await bus.publish(
-                self.js, s.work("llm"), LlmRequest(sid, turn, text), msg_id=f"{sid}.{turn}.llm"
-            )
+            with tracing.span("turn", None, **attrs) as root:
+                trace = tracing.headers_of(root)
+                await bus.publish(
+                    self.js,
+                    s.events(sid, event.TYPE),
+                    event,
+                    msg_id=f"{sid}.{turn}.transcript",
+                    headers=trace,
+                )
+                request = LlmRequest(sid, turn, text)
+                kind = Routes.parse(self.settings.routes).next_kind("gateway", request.TYPE)
+                await bus.publish(
+                    self.js, s.work(kind), request, msg_id=f"{sid}.{turn}.llm", headers=trace
+                )
         except BaseException:
             self.quota.finish(sid, turn)
             raise

@@ -102,7 +102,7 @@ async def report(settings: Settings) -> int:
                 s = await js.stream_info(name)
                 replicas = s.config.num_replicas
                 print(f"  stream {name:<7} {s.state.messages} msgs, replicas {replicas}")
-            except Exception:
+            except (NatsError, TimeoutError):
                 print(f"  stream {name:<7} not created yet (the first processor creates it)")
         for spec in specs:
             for _, c in spec.consumers(settings, tiers):

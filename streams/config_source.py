@@ -38,18 +38,18 @@ from typing import Any, Protocol
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
-from schemas.errors import Unavailable
+from schemas.errors import MorganError, Unavailable
 from streams import definitions
 from streams.consul import Consul, ConsulError
+from streams.log_limit import LogLimit
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.config")
 
-BUCKET = "MORGAN_CONFIG"
+BUCKET = definitions.CONFIG
 SECRETS = frozenset(n for n, f in Settings.model_fields.items() if f.repr is False)
 BOOTSTRAP = frozenset({"nats_url", "prefix", "data_dir"}) | frozenset(
     n for n in Settings.model_fields if n.startswith("consul_")
@@ -174,10 +174,7 @@ class ConsulStore:
 
 async def ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The MORGAN_CONFIG bucket, created on first use (idempotent)."""
-    cfg = KeyValueConfig(
-        bucket=BUCKET, history=5, storage=StorageType.FILE, replicas=settings.replicas
-    )
-    return await definitions.key_value(js, cfg)
+    return await definitions.key_value(js, settings, definitions.CONFIG)
 
 
 class NatsKvStore:
@@ -191,7 +188,7 @@ class NatsKvStore:
         try:
             kv = await ensure_bucket(self.nc.jetstream(), self.settings)
             watcher = await kv.watchall()
-        except Exception as exc:  # no JetStream, timeout, disconnected
+        except (nats.errors.Error, TimeoutError) as exc:  # no JetStream, timeout, disconnected
             raise Unavailable(f"nats kv {BUCKET}: {exc!r}") from exc
         values: dict[str, bytes] = {}
         started = False
@@ -214,7 +211,7 @@ class NatsKvStore:
                 if started:
                     yield self._layers(values)
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error):  # connection closed or draining
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _layers(self, values: dict[str, bytes]) -> Layers:
@@ -307,6 +304,8 @@ class ConfigSource:
         self._layers: Layers | None = None
         self._confirmed_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._errors = LogLimit(log, every_s=60.0)
+        """An unreachable store is retried every 10 s at most: one line a minute of it."""
 
     def subscribe(self, callback: Callable[[Settings], None]) -> Callable[[], None]:
         """Call ``callback`` with each new Settings; returns the unsubscribe function."""
@@ -318,21 +317,28 @@ class ConfigSource:
         it = self.store.watch()
         try:
             layers = await asyncio.wait_for(anext(it), self.start_timeout_s)
-        except Exception as exc:  # unreachable, timed out, refused: never fatal
-            await it.aclose()
+        except (MorganError, nats.errors.Error, TimeoutError) as exc:  # never fatal
             log.warning("config store %s unreachable at start: %s", self.store.name, exc)
-            cached = self.cache.load(self.base.config_cache_max_age_s)
-            if cached is None:
-                log.error("config: no store and no fresh cache: running on base settings")
-            else:
-                self._layers = cached
-                self.current = apply_layers(self.base, cached, self.kind)
-                self._confirmed_at = self._cached_at()
-            self._task = asyncio.create_task(self._run(None))
+            await self._start_without_store(it)
+        except Exception:  # a store answering nonsense (a bug): logged, still never fatal
+            log.exception("config store %s failed at start", self.store.name)
+            await self._start_without_store(it)
         else:
             self._accept(layers, notify=False)
             self._task = asyncio.create_task(self._run(it))
         return self.current
+
+    async def _start_without_store(self, it: AsyncGenerator[Layers, None]) -> None:
+        """Begin with a fresh cache, else base settings; keep trying the store."""
+        await it.aclose()
+        cached = self.cache.load(self.base.config_cache_max_age_s)
+        if cached is None:
+            log.error("config: no store and no fresh cache: running on base settings")
+        else:
+            self._layers = cached
+            self.current = apply_layers(self.base, cached, self.kind)
+            self._confirmed_at = self._cached_at()
+        self._task = asyncio.create_task(self._run(None))
 
     def _cached_at(self) -> float:
         try:
@@ -365,12 +371,12 @@ class ConfigSource:
                     async for layers in gen:
                         self.failures = 0
                         self._accept(layers)
-            except (ConsulError, Unavailable) as exc:
+            except (ConsulError, Unavailable, nats.errors.Error, TimeoutError) as exc:
                 self.failures += 1
-                log.warning("config store %s: %s", self.store.name, exc)
-            except Exception:
+                self._errors.warning("store", "config store %s: %s", self.store.name, exc)
+            except Exception:  # a bug: keep watching, the last good config stays
                 self.failures += 1
-                log.exception("config store %s failed", self.store.name)
+                self._errors.exception("bug", "config store %s failed", self.store.name)
             self._expire_stale()
             await asyncio.sleep(min(0.2 * 2 ** max(self.failures - 1, 0), 10.0))
 

@@ -1,4 +1,4 @@
-"""A small async Consul HTTP client: the agent, health, catalog and KV calls Morgan uses.
+"""A small async Consul HTTP client: the agent, health and KV calls Morgan uses.
 
 Configured by Consul's own variables (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
 CONSUL_HTTP_SSL, CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY) through
@@ -115,7 +115,6 @@ class Consul:
             {"X-Consul-Token": settings.consul_http_token} if settings.consul_http_token else {}
         )
         self.timeout = timeout
-        self.address = base if uds is None else f"unix://{uds}"
         self._http = httpx.AsyncClient(
             base_url=base,
             headers=headers,
@@ -184,14 +183,6 @@ class Consul:
         body = {"Status": status, "Output": output}
         await self._call("PUT", f"/v1/agent/check/update/{quote(check_id, safe='')}", json=body)
 
-    async def agent_services(self) -> dict[str, Any]:
-        result: dict[str, Any] = (await self._call("GET", "/v1/agent/services")).json()
-        return result
-
-    async def agent_checks(self) -> dict[str, Any]:
-        result: dict[str, Any] = (await self._call("GET", "/v1/agent/checks")).json()
-        return result
-
     # --- health and catalog ---
 
     async def health_service(
@@ -200,8 +191,6 @@ class Consul:
         *,
         passing: bool = True,
         tags: Iterable[str] = (),
-        index: int | None = None,
-        wait_s: float | None = None,
     ) -> tuple[int, list[ServiceEntry]]:
         """(X-Consul-Index, instances of ``name``), only all-checks-passing ones by default."""
         params: dict[str, Any] = {}
@@ -210,10 +199,7 @@ class Consul:
         tag_list = list(tags)
         if tag_list:
             params["tag"] = tag_list
-        self._blocking(params, index, wait_s)
-        r = await self._call(
-            "GET", f"/v1/health/service/{quote(name, safe='')}", params=params, wait_s=wait_s
-        )
+        r = await self._call("GET", f"/v1/health/service/{quote(name, safe='')}", params=params)
         entries = []
         for item in r.json() or []:
             svc, node = item.get("Service") or {}, item.get("Node") or {}
@@ -229,10 +215,6 @@ class Consul:
                 )
             )
         return _index(r), entries
-
-    async def catalog_services(self) -> dict[str, list[str]]:
-        result: dict[str, list[str]] = (await self._call("GET", "/v1/catalog/services")).json()
-        return result
 
     # --- KV ---
 
@@ -265,28 +247,8 @@ class Consul:
         ]
         return _index(r), pairs
 
-    async def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
-        params = {"keys": "true", **({"separator": separator} if separator else {})}
-        try:
-            r = await self._call("GET", f"/v1/kv/{quote(prefix, safe='/')}", params=params)
-        except NotFound:
-            return []
-        return [str(k) for k in r.json() or []]
-
-    async def kv_put(
-        self, key: str, value: bytes | str, *, cas: int | None = None, flags: int = 0
-    ) -> bool:
-        """Write a value; with ``cas`` only if the key's ModifyIndex is ``cas`` (0 = absent)."""
-        params: dict[str, Any] = {"flags": str(flags)} if flags else {}
-        if cas is not None:
-            params["cas"] = str(cas)
+    async def kv_put(self, key: str, value: bytes | str) -> bool:
+        """Write a value (raw bytes; a str is UTF-8); True when Consul stored it."""
         data = value.encode() if isinstance(value, str) else value
-        r = await self._call("PUT", f"/v1/kv/{quote(key, safe='/')}", params=params, content=data)
-        return bool(r.json())
-
-    async def kv_delete(self, key: str, *, recurse: bool = False, cas: int | None = None) -> bool:
-        params: dict[str, Any] = {"recurse": "true"} if recurse else {}
-        if cas is not None:
-            params["cas"] = str(cas)
-        r = await self._call("DELETE", f"/v1/kv/{quote(key, safe='/')}", params=params)
+        r = await self._call("PUT", f"/v1/kv/{quote(key, safe='/')}", content=data)
         return bool(r.json())

@@ -53,9 +53,12 @@ class Routes:
             if not (eq and colon and sender.strip() and message_type.strip() and kind.strip()):
                 raise RouteError(f"route {entry!r}: write sender:type=kind")
             sender, message_type, kind = sender.strip(), message_type.strip(), kind.strip()
-            check_token(kind, "route target")
-            if sender != ANY:
-                check_token(sender, "route sender")
+            try:
+                check_token(kind, "route target")
+                if sender != ANY:
+                    check_token(sender, "route sender")
+            except ValueError as exc:
+                raise RouteError(f"route {entry!r}: {exc}") from None
             if sender == kind:
                 raise RouteError(f"route {entry!r} sends {kind}'s output back to {kind}")
             overrides[(sender, message_type)] = kind

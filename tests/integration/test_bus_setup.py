@@ -11,7 +11,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 
-from processors import vad
+from processors import stt, vad
+from processors.spec import EventTap, Spec
+from schemas import Transcript
 from streams import definitions, embedded
 from streams.settings import Settings
 from tests.integration.workers import running
@@ -63,12 +65,39 @@ async def test_a_start_over_an_older_config_updates_it_in_place(
         "WORK",
         ConsumerConfig(durable_name="stt-cpu", filter_subject="morgan.work.stt.cpu", ack_wait=99),
     )
-    await definitions.apply(js, settings)
+    await definitions.apply(js, settings, [c for _, c in stt.SPEC.consumers(settings, ("cpu",))])
     events = await js.stream_info("EVENTS")
-    stt = await js.consumer_info("WORK", "stt-cpu")
+    stt_cpu = await js.consumer_info("WORK", "stt-cpu")
     assert events.config.max_age == settings.events_max_age_s
     assert events.state.messages == 1  # kept its data
-    assert stt.config.ack_wait == settings.work_ack_wait_s
+    assert stt_cpu.config.ack_wait == stt.SPEC.ack_wait(settings) != 99
+    assert (stt_cpu.config.metadata or {})[definitions.INPUT] == "work"
+
+
+async def _nothing(*_: object) -> None:
+    return None
+
+
+async def test_a_tap_kind_gets_one_durable_on_events_that_sees_only_its_types_from_now_on(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    await js.publish("morgan.events.s1.transcript", b"{}")  # before the tap: not seen
+    tap = Spec(
+        kind="keywords",
+        input=EventTap(types=("transcript", "reply.done")),
+        accepts=(Transcript,),
+        publishes=(),
+        load=_nothing,
+        handle=_nothing,
+    )
+    consumers = [c for _, c in tap.consumers(settings)]
+    for _ in range(2):  # idempotent, as every worker of the kind applies them
+        await definitions.apply(js, settings, consumers)
+    for subject in ("transcript", "reply.delta", "reply.done"):
+        await js.publish(f"morgan.events.s2.{subject}", b"{}")
+    info = await js.consumer_info("EVENTS", "keywords")
+    assert info.num_pending == 2
+    assert (info.config.metadata or {})[definitions.INPUT] == "tap"
 
 
 async def test_every_worker_answers_as_a_nats_micro_service(

@@ -39,6 +39,20 @@ async def test_doctor_reports_tiers_models_streams_and_routing(
     assert "stt  live worker tiers: none -> work goes to cpu" in out
 
 
+async def test_doctor_lists_each_kind_declaration_and_the_route_table(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    code, out = await doctor(settings.model_copy(update={"routes": "stt:llm.request=redact"}))
+    assert code == 0, out
+    kinds = {line.split()[0]: line for line in out.splitlines() if line.startswith(" *")}
+    assert set(kinds) == {"*vad", "*stt", "*llm", "*tts"}  # all started by morgan up
+    assert "claim" in kinds["*vad"] and "deliveries unlimited" in kinds["*vad"]
+    assert "work(gpu/cpu)" in kinds["*stt"] and "publishes transcript, llm.request" in kinds["*stt"]
+    assert "  *: stt.utterance  -> stt" in out
+    assert "  *: llm.request    -> llm" in out
+    assert "  stt: llm.request    -> redact" in out
+
+
 async def test_doctor_says_when_nats_is_unreachable(settings: Settings) -> None:
     code, out = await doctor(settings.model_copy(update={"nats_url": "nats://127.0.0.1:1"}))
     assert code == 1 and "UNREACHABLE" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from schemas import (
     TtsRequest,
 )
 from streams import bus, definitions
+from streams.config_source import ensure_bucket
 from streams.settings import Settings
 from tests.integration.bus_helpers import stored, stored_with_times, stream_inbox, until
 from tests.integration.workers import ChildWorker, gpu_tier_taker, running
@@ -57,9 +59,13 @@ def spec_for(model: llm_backends.LocalBackend, settings: Settings) -> Spec:
     return dataclasses.replace(llm.SPEC, load=preloaded)
 
 
+async def open_memory(js: JetStreamContext, settings: Settings) -> DialogMemory:
+    return DialogMemory(await definitions.key_value(js, settings, definitions.DIALOG))
+
+
 @pytest_asyncio.fixture
 async def memory(js: JetStreamContext, settings: Settings) -> DialogMemory:
-    return await DialogMemory.open(js, settings)
+    return await open_memory(js, settings)
 
 
 async def events(js: JetStreamContext, sid: str, kind: str) -> list[Message]:
@@ -116,7 +122,7 @@ async def test_cancel_mid_stream_stops_generation_and_emits_reply_cancelled(
     assert cancelled == ReplyCancelled("s2", "t1", reason="barge-in")
     assert await events(js, "s2", "reply.done") == []
     assert len(await events(js, "s2", "reply.delta")) < 100  # stopped well before 400 tokens
-    assert await (await DialogMemory.open(js, settings)).history("s2") == []
+    assert await (await open_memory(js, settings)).history("s2") == []
 
 
 async def test_second_turn_prompt_holds_the_first_exchange_from_dialog_memory(
@@ -157,11 +163,11 @@ async def test_prompt_keeps_the_last_history_turns_and_leaves_out_the_request_ow
 async def test_dialog_memory_bucket_is_created_once_and_shared(
     settings: Settings, js: JetStreamContext
 ) -> None:
-    first = await DialogMemory.open(js, settings)
-    await first.save("odd.sid with spaces", Exchange("t1", "hi", "hello"))
-    second = await DialogMemory.open(js, settings)
+    kv = await definitions.key_value(js, settings, definitions.DIALOG)
+    await DialogMemory(kv).save("odd.sid with spaces", Exchange("t1", "hi", "hello"))
+    second = await open_memory(js, settings)
     assert await second.history("odd.sid with spaces") == [Exchange("t1", "hi", "hello")]
-    status = await first.kv.status()
+    status = await kv.status()
     assert status.ttl == settings.events_max_age_s
 
 
@@ -241,6 +247,32 @@ async def test_local_reply_does_not_depend_on_what_the_model_answered_before(
     for other in ("What is a cat?", "Tell me about the moon and the sun."):
         assert [d async for d in used.stream(llm.prompt(system, [], other), lambda: False)]
         assert [d async for d in used.stream(messages, lambda: False)] == expected
+
+
+async def test_local_backend_reads_max_tokens_from_its_current_settings(
+    model: llm_backends.LocalBackend,
+) -> None:
+    backend = llm_backends.LocalBackend(model.llama, model.path, Settings(llm_max_tokens=40))
+    messages = llm.prompt("", [], STORY)
+    long = [d async for d in backend.stream(messages, lambda: False)]
+    backend.settings = backend.settings.model_copy(update={"llm_max_tokens": 4})
+    short = [d async for d in backend.stream(messages, lambda: False)]
+    assert len(long) > 4 >= len(short) > 0
+
+
+async def test_a_live_config_change_of_max_tokens_limits_the_next_reply(
+    settings: Settings, js: JetStreamContext, model: llm_backends.LocalBackend
+) -> None:
+    async with running(spec_for(model, settings), settings) as worker:
+        await request(js, "live1", "t1", STORY)
+        await until(lambda: settled(js))
+        kv = await ensure_bucket(js, settings)
+        await kv.put("llm", json.dumps({"llm_max_tokens": 4}).encode())
+        await until(lambda: worker.settings.llm_max_tokens == 4)
+        await request(js, "live2", "t1", STORY)
+        await until(lambda: settled(js))
+    long, short = await events(js, "live1", "reply.delta"), await events(js, "live2", "reply.delta")
+    assert len(long) > 4 >= len(short) > 0
 
 
 async def test_local_backend_first_token_and_first_sentence_latency(

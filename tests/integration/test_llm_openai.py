@@ -6,6 +6,7 @@ the shipped SmolLM2 GGUF on a free port; Ollama speaks the same protocol.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -188,6 +189,61 @@ async def test_backend_closing_the_stream_early_closes_the_response(llm_server: 
         assert [d async for d in backend.stream(llm.prompt("", [], "Hi"), lambda: False)]
     finally:
         await backend.aclose()
+
+
+async def test_each_request_uses_the_backend_settings_of_that_moment() -> None:
+    """Live config: temperature, max tokens, URL, model and API key are read per request."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        chunk = '{"choices":[{"delta":{"content":"Hi"}}]}'
+        return httpx.Response(200, content=f"data: {chunk}\n\ndata: [DONE]\n\n".encode())
+
+    first = openai_settings(Settings(), "http://a.invalid/v1", llm_temperature=0.0)
+    backend = llm_backends.OpenAIBackend(first)
+    await backend.client.aclose()
+    backend.client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    messages = llm.prompt("", [], "Hi")
+    try:
+        assert [d async for d in backend.stream(messages, lambda: False)] == ["Hi"]
+        backend.settings = first.model_copy(
+            update={
+                "llm_temperature": 0.7,
+                "llm_max_tokens": 7,
+                "llm_url": "http://b.invalid/v1/",
+                "llm_model": "bigger",
+                "llm_api_key": "sk-new",
+            }
+        )
+        assert [d async for d in backend.stream(messages, lambda: False)] == ["Hi"]
+        assert backend.describe() == "openai-compatible bigger at http://b.invalid/v1"
+    finally:
+        await backend.aclose()
+    bodies = [json.loads(r.content) for r in seen]
+    assert [str(r.url) for r in seen] == [
+        "http://a.invalid/v1/chat/completions",
+        "http://b.invalid/v1/chat/completions",
+    ]
+    assert [(b["temperature"], b["max_tokens"], b["model"]) for b in bodies] == [
+        (0.0, first.llm_max_tokens, "smollm2"),
+        (0.7, 7, "bigger"),
+    ]
+    assert "authorization" not in seen[0].headers
+    assert seen[1].headers["authorization"] == "Bearer sk-new"
+
+
+async def test_max_tokens_set_on_a_running_backend_limits_the_next_reply(llm_server: str) -> None:
+    settings = openai_settings(Settings(), llm_server, llm_max_tokens=40)
+    backend = llm_backends.OpenAIBackend(settings)
+    messages = llm.prompt("", [], "Tell me a long story about a dragon.")
+    try:
+        long = [d async for d in backend.stream(messages, lambda: False)]
+        backend.settings = settings.model_copy(update={"llm_max_tokens": 3})
+        short = [d async for d in backend.stream(messages, lambda: False)]
+    finally:
+        await backend.aclose()
+    assert len(long) > 3 >= len(short) > 0
 
 
 def test_status_codes_map_to_retryable_or_not() -> None:

@@ -8,17 +8,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
-from processors import stt
+from processors import registry, stt
 from processors.announce import announced
+from processors.context import Onward
 from processors.routing import TierRouter, rescue_stranded
-from processors.spec import Spec
+from processors.spec import Spec, WorkQueue
 from schemas import Message, Subjects, TtsRequest, Utterance
 from streams import bus
+from streams.routes import Routes
 from streams.settings import Settings
 from tests.integration.bus_helpers import until, work_inbox
 from tests.integration.workers import ChildWorker, gpu_tier_taker, running
@@ -44,7 +45,14 @@ async def _nothing(*_: Any) -> None:
 @contextlib.asynccontextmanager
 async def gpu_worker_stuck(nc: Client, settings: Settings, kind: str) -> AsyncIterator[None]:
     """A live gpu worker (it answers pings) that takes no work: its queue grows."""
-    spec = Spec(kind=kind, accepts=(Message,), load=_nothing, handle=_nothing, tiered=True)
+    spec = Spec(
+        kind=kind,
+        input=WorkQueue(tiered=True),
+        accepts=(Message,),
+        publishes=(),
+        load=_nothing,
+        handle=_nothing,
+    )
     async with announced(nc, spec, settings, ("gpu",), None, _no_status):
         yield
 
@@ -99,11 +107,15 @@ async def test_a_gpu_worker_that_goes_away_is_dropped_within_two_seconds(
     await router.close()
 
 
-async def test_kinds_without_tiers_are_refused(
+async def test_work_for_a_kind_without_tiers_never_goes_to_a_tier(
     settings: Settings, js: JetStreamContext, nc: Client
 ) -> None:
-    with pytest.raises(ValueError):
-        await TierRouter(nc, js, settings).tier_for("llm")
+    router = TierRouter(nc, js, settings)
+    onward = Onward(Routes(), registry.is_tiered, router)
+    async with gpu_worker_registered(nc, settings, "tts"), gpu_worker_stuck(nc, settings, "llm"):
+        assert await onward.subject(S, "stt", "llm.request") == "morgan.work.llm"
+        assert await onward.subject(S, "llm", "tts.request") == "morgan.work.tts.gpu"
+    await router.close()
 
 
 async def test_work_stranded_on_the_gpu_tier_moves_to_cpu(
@@ -124,7 +136,7 @@ async def test_work_stranded_on_the_gpu_tier_moves_to_cpu(
 async def test_killing_the_only_gpu_stt_worker_mid_turn_completes_the_turn_on_cpu(
     settings: Settings, js: JetStreamContext, nc: Client
 ) -> None:
-    from tests.integration.audio_helpers import speak
+    from testbed.audio import speak
 
     fast = settings.model_copy(update={"work_ack_wait_s": 3.0})
     gpu = ChildWorker("stt", fast, env={"MORGAN_TIERS": "gpu"})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest_asyncio
+import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from processors.context import Context
-from processors.spec import Spec
+from processors.spec import SessionClaims, Spec, WorkQueue
 from schemas import ErrorEvent, Message, SessionClaim, Subjects, Unavailable, Utterance
 from streams import bus, definitions
 from streams.settings import Settings
@@ -19,36 +20,54 @@ S = Subjects()
 
 
 class Flaky:
-    """A handler that fails retryably ``failures`` times, then succeeds."""
+    """A handler (or a claim kind's session opener) that fails retryably ``failures``
+    times, then succeeds."""
 
     def __init__(self, failures: int) -> None:
         self.failures, self.calls = failures, 0
 
-    async def __call__(self, msg: Message, ctx: Context) -> None:
+    async def __call__(self, msg: Message, ctx: Context, *_: Any) -> Any:
         self.calls += 1
         if self.calls <= self.failures:
             raise Unavailable("JetStream temporarily unavailable (as during an election)")
+        return Deaf()
+
+
+class Deaf:
+    """A session reader that hears nothing: the session ends when it goes idle."""
+
+    async def feed(self, frames: list[Msg]) -> bool:
+        return False
 
 
 async def nothing(settings: Settings, tiers: tuple[str, ...]) -> Any:
     return None
 
 
-@pytest_asyncio.fixture
-async def few(settings: Settings, js: JetStreamContext) -> Settings:
-    """Settings (and work consumers) that allow 2 deliveries of a message."""
-    few = settings.model_copy(update={"max_deliver": 2})
-    await definitions.apply(js, few)
-    return few
+@pytest.fixture
+def few(settings: Settings) -> Settings:
+    """Settings that allow 2 deliveries of a work message (each worker declares its
+    consumers with them); sessions end after half a second without audio."""
+    return settings.model_copy(update={"max_deliver": 2, "session_idle_s": 0.5})
 
 
 async def test_a_session_claim_is_retried_past_max_deliver_and_never_given_up(
     few: Settings, js: JetStreamContext
 ) -> None:
     flaky = Flaky(failures=4)
-    spec = Spec(kind="vad", accepts=(SessionClaim,), load=nothing, handle=flaky, concurrency=4)
+    spec = Spec(
+        kind="watch",
+        input=SessionClaims(open=flaky),
+        accepts=(SessionClaim,),
+        publishes=(),
+        load=nothing,
+        max_deliver=-1,
+        concurrency=4,
+    )
     async with running(spec, few) as worker:
-        await bus.publish(js, S.work("vad"), SessionClaim("c1"), msg_id="claim.c1")
+        info = await js.consumer_info(definitions.WORK, "watch")
+        assert info.config.max_deliver == -1
+        await bus.publish(js, S.work("watch"), SessionClaim("c1"), msg_id="claim.c1")
         await until(lambda: worker.handled == 1, timeout=30)
         assert (flaky.calls, worker.failed) == (5, 0)
     assert await stored(js, definitions.EVENTS, S.events("c1", "error")) == []
@@ -58,7 +77,14 @@ async def test_work_is_given_up_after_max_deliver_with_an_error_event(
     few: Settings, js: JetStreamContext
 ) -> None:
     flaky = Flaky(failures=4)
-    spec = Spec(kind="stt", accepts=(Utterance,), load=nothing, handle=flaky, tiered=True)
+    spec = Spec(
+        kind="stt",
+        input=WorkQueue(tiered=True),
+        accepts=(Utterance,),
+        publishes=(),
+        load=nothing,
+        handle=flaky,
+    )
     utt = Utterance(sid="w1", turn="t1", rate=16000, first_seq=1, last_seq=1, pcm=b"\x00\x00")
     async with running(spec, few) as worker:
         await bus.publish(js, S.work("stt", "cpu"), utt, msg_id="w1.t1.utt")

@@ -23,7 +23,7 @@ from schemas import (
 )
 from streams import bus, definitions
 from streams.settings import Settings
-from tests.integration.audio_helpers import silence, speak
+from testbed.audio import silence, speak
 from tests.integration.bus_helpers import stored, until
 from tests.integration.workers import running
 
@@ -132,8 +132,7 @@ async def test_stt_publishes_one_transcript_for_an_utterance_published_twice_wit
 async def test_stt_publishes_one_transcript_when_a_worker_dies_mid_message_and_another_redoes_it(
     settings: Settings, js: JetStreamContext, spec: Spec
 ) -> None:
-    fast = settings.model_copy(update={"work_ack_wait_s": 2.0})
-    await definitions.apply(js, fast)
+    fast = settings.model_copy(update={"work_ack_wait_s": 2.0})  # the workers' consumers'
     first = Worker(spec, fast, ("cpu",))
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(first.serve(stop, ready))

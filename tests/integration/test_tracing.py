@@ -15,7 +15,7 @@ from processors import stt
 from schemas import LlmRequest, Subjects, Utterance
 from streams import bus, tracing
 from streams.settings import Settings
-from tests.integration.audio_helpers import speak
+from testbed.audio import speak
 from tests.integration.bus_helpers import work_inbox
 from tests.integration.workers import running
 

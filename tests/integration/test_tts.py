@@ -15,7 +15,7 @@ from processors.spec import Spec
 from schemas import AudioChunk, Cancel, ErrorEvent, Subjects, TtsRequest
 from streams import bus, definitions
 from streams.settings import Settings
-from tests.integration.audio_helpers import transcribe
+from testbed.audio import transcribe
 from tests.integration.bus_helpers import stored, until
 from tests.integration.workers import running
 

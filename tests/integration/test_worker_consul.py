@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest_asyncio
 
 from processors import vad
 from streams import embedded
 from streams.settings import Settings
+from testbed.morgan_process import free_port
 from tests.fakes.consul import FakeConsul
 from tests.integration.bus_helpers import until
 from tests.integration.workers import running
@@ -40,3 +42,17 @@ async def test_a_worker_registers_goes_warning_without_nats_and_deregisters_on_e
         async with await embedded.start(store_dir=tmp_path / "nats", port=nats_server.port):
             await until(lambda: check_of(fake, "morgan-vad") == "passing", timeout=30)
     assert not [v for v in fake.services.values() if v.name == "morgan-vad"]
+
+
+async def test_a_worker_serving_metrics_registers_its_metrics_port_for_prometheus(
+    settings: Settings, fake: FakeConsul
+) -> None:
+    """Prometheus finds processors through Consul: the registered port is /metrics."""
+    port = free_port()
+    s = settings.model_copy(update={"consul_http_addr": fake.addr, "metrics_port": port})
+    async with running(vad.SPEC, s):
+        [service] = [v for v in fake.services.values() if v.name == "morgan-vad"]
+        assert service.port == port
+        async with httpx.AsyncClient() as http:
+            scraped = await http.get(f"http://127.0.0.1:{port}/metrics")
+        assert 'morgan_processor_model_load_seconds{kind="vad"}' in scraped.text

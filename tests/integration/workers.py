@@ -20,7 +20,7 @@ from nats.micro.request import Request
 
 from processors.announce import announced
 from processors.runtime import Worker
-from processors.spec import Spec
+from processors.spec import Spec, WorkQueue
 from schemas import Message, decode
 from streams import definitions
 from streams.settings import Settings
@@ -112,7 +112,14 @@ async def gpu_tier_taker(
 ) -> AsyncIterator[list[Message]]:
     """A gpu-tier worker as the bus sees one: announced with tiers=gpu, pulling
     ``<kind>-gpu`` and acking. Yields the messages it took."""
-    spec = Spec(kind=kind, accepts=(Message,), load=_nothing, handle=_nothing, tiered=True)
+    spec = Spec(
+        kind=kind,
+        input=WorkQueue(tiered=True),
+        accepts=(Message,),
+        publishes=(),
+        load=_nothing,
+        handle=_nothing,
+    )
     sub = await js.pull_subscribe_bind(f"{kind}-gpu", stream=definitions.WORK)
     taken: list[Message] = []
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system import netns
+from testbed import netns
 
 
 @pytest.fixture(scope="module")

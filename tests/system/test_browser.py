@@ -18,7 +18,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from tests.system.morgan_process import MorganUp
+from testbed.morgan_process import MorganUp
 
 pytestmark = pytest.mark.system
 

@@ -15,8 +15,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from streams import bus, definitions
-from tests.system import netns
-from tests.system.deployment import NATS_PORT, Deployment
+from testbed import netns
+from testbed.deployment import NATS_PORT, Deployment
 
 pytestmark = pytest.mark.netns
 NAMES = ["n1", "n2", "n3"]

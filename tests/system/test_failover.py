@@ -14,11 +14,11 @@ import pytest
 import pytest_asyncio
 
 from streams import definitions
-from tests.integration.audio_helpers import QUESTIONS, silence, speak
-from tests.system import netns
-from tests.system.chaos import chaos_run
-from tests.system.conversation import Talker
-from tests.system.deployment import HOSTS, Deployment, connections, start_morgan
+from testbed import netns
+from testbed.audio import QUESTIONS, silence, speak
+from testbed.chaos import chaos_run
+from testbed.conversation import Talker
+from testbed.deployment import HOSTS, Deployment, connections, start_morgan
 
 pytestmark = pytest.mark.netns
 PARTITION_S = 30.0

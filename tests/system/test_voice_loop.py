@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.audio_helpers import resample, silence, speak, transcribe
-from tests.system.morgan_process import MorganUp, VoiceClient
+from testbed.audio import resample, silence, speak, transcribe
+from testbed.morgan_process import MorganUp, VoiceClient
 
 pytestmark = pytest.mark.system
 

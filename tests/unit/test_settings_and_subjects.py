@@ -58,6 +58,9 @@ def test_session_ids_that_would_break_subjects_are_refused(sid: str) -> None:
         Subjects().audio_in(sid)
 
 
-def test_tiered_work_needs_a_tier() -> None:
-    with pytest.raises(ValueError):
-        Subjects().work("stt")
+def test_work_subjects_take_only_the_known_tiers_and_one_token_kinds() -> None:
+    assert Subjects().work("stt") == "morgan.work.stt"  # tiered or not: the Spec says
+    with pytest.raises(ValueError, match="tier"):
+        Subjects().work("stt", "tpu")
+    with pytest.raises(ValueError, match="kind"):
+        Subjects().work("a.b")

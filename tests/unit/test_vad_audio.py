@@ -7,7 +7,7 @@ import pytest
 
 from processors import silero
 from processors.segmenter import Ended, Segmenter, SegmenterConfig, Started
-from tests.integration.audio_helpers import silence, speak
+from testbed.audio import silence, speak
 
 
 @pytest.fixture(scope="module")

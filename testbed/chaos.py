@@ -10,8 +10,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from tests.system.conversation import Talker, Tally
-from tests.system.deployment import Deployment
+from testbed.conversation import Talker, Tally
+from testbed.deployment import Deployment
 
 
 @dataclass
@@ -45,6 +45,8 @@ async def _killer(
             break
         except TimeoutError:
             pass
+        if not keys:
+            continue
         key = rng.choice(keys)
         dep.kill(key)
         kills.append(key)
@@ -63,10 +65,11 @@ async def chaos_run(
     seed: int = 7,
     kill_vad: bool = True,
     parallel: int = 0,
+    kill: bool = True,
 ) -> ChaosResult:
     """Conversations take turns over ``urls`` (gateways). ``kill_vad=False`` kills only
     the stateless kinds (STT, LLM, TTS); ``parallel`` > 0 caps the conversations running
-    at once."""
+    at once; ``kill=False`` kills nothing (the same load, for a baseline)."""
     gate = asyncio.Semaphore(parallel or conversations)
 
     async def one(i: int) -> tuple[Tally, str]:
@@ -80,7 +83,7 @@ async def chaos_run(
     ]
     stop = asyncio.Event()
     started = time.monotonic()
-    killer = asyncio.create_task(_killer(dep, victims, interval_s, stop, rng))
+    killer = asyncio.create_task(_killer(dep, victims if kill else [], interval_s, stop, rng))
     try:
         tallies = await asyncio.gather(*(one(i) for i in range(conversations)))
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FRAME = 1024  # bytes: 32 ms of 16 kHz s16le
 
 
@@ -44,14 +44,16 @@ async def send_frames(ws: ClientConnection, pcm: bytes, realtime: float = 0.0) -
 class MorganUp:
     """Start ``morgan up`` on free ports; stop it with Ctrl-C (SIGINT) as a person would."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, root: Path = ROOT, **env: str) -> None:
+        """``root``: the source tree to run (another commit's checkout, for a before/after
+        benchmark); its packages come first on the path, ahead of the installed ones."""
         self.http_port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "morgan", "up", "--nats-port", str(free_port())],
-            cwd=ROOT,
+            cwd=root,
             env={
                 **os.environ,
-                "PYTHONPATH": str(ROOT),
+                "PYTHONPATH": str(root),
                 "MORGAN_DATA_DIR": str(data_dir),
                 "MORGAN_HTTP_PORT": str(self.http_port),
                 **env,

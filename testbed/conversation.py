@@ -16,7 +16,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from tests.system.morgan_process import connect_when_served, send_frames
+from testbed.morgan_process import connect_when_served, send_frames
 
 
 @dataclass

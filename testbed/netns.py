@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "mg-"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHAOS_TABLE = "mgchaos"
 
 
@@ -356,7 +356,7 @@ class Network:
         each way. Point a client at it to see a slow link (no netem here)."""
         proc = host.python(
             f"delay-{listen_port}",
-            ["-m", "tests.system.netns", "delay", f"{host.ip}:{listen_port}", target, str(ms)],
+            ["-m", "testbed.netns", "delay", f"{host.ip}:{listen_port}", target, str(ms)],
             {},
             ready=b"delay proxy ready",
         )
@@ -422,7 +422,7 @@ async def _run_delay(listen: str, target: str, ms: float) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.system.netns")
+    p = argparse.ArgumentParser(prog="python -m testbed.netns")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("delay", help="run a TCP delay proxy (inside a namespace)")
     d.add_argument("listen")
