@@ -183,36 +183,38 @@ async def main(args: argparse.Namespace) -> int:
     pcms = [silence(200) + speak(p) + silence(200) for p in QUESTIONS]
     results: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        net = netns.Network(HOSTS, Path(tmp)).up()
-        try:
-            dep = Deployment(net)
-            await dep.start_cluster(HOSTS)
-            await dep.apply_definitions()
-            one, two = await stt_scaling(dep, pcms, args.utterances)
-            results.append(
-                f"STT throughput ({args.utterances} utterances, 1 core per worker), "
-                f"saturated: 1 worker {one.saturated:.2f} utt/s, 2 workers "
-                f"{two.saturated:.2f} utt/s -> {two.saturated / one.saturated:.2f}x "
-                f"(target >= 1.8x); whole batch incl. start and tail: {one.batch:.2f} vs "
-                f"{two.batch:.2f} utt/s -> {two.batch / one.batch:.2f}x"
-            )
-            print(results[-1], flush=True)
-            alone = [await models_alone(args.utterances, cores) for cores in (1, 2)]
-            results.append(
-                f"the same model alone (bench/stt_alone.py, no Morgan), 1 core: "
-                f"{alone[0]:.2f} utt/s, 2 cores: {alone[1]:.2f} utt/s -> "
-                f"{alone[1] / alone[0]:.2f}x; Morgan's scaling over the model's own: "
-                f"{(two.saturated / one.saturated) / (alone[1] / alone[0]):.2f}"
-            )
-            print(results[-1], flush=True)
-            fallback, stranded = await tier_fallback(dep, pcms[0])
-            results.append(
-                f"tier fallback: gpu STT death -> first utterance served on cpu {fallback:.2f} s "
-                f"(target < 2 s); {stranded} utterance(s) still routed to gpu after the death"
-            )
-            print(results[-1], flush=True)
-        finally:
-            net.down()
+        if args.utterances:  # 0: the chaos run only
+            net = netns.Network(HOSTS, Path(tmp)).up()
+            try:
+                dep = Deployment(net)
+                await dep.start_cluster(HOSTS)
+                await dep.apply_definitions()
+                one, two = await stt_scaling(dep, pcms, args.utterances)
+                results.append(
+                    f"STT throughput ({args.utterances} utterances, 1 core per worker), "
+                    f"saturated: 1 worker {one.saturated:.2f} utt/s, 2 workers "
+                    f"{two.saturated:.2f} utt/s -> {two.saturated / one.saturated:.2f}x "
+                    f"(target >= 1.8x); whole batch incl. start and tail: {one.batch:.2f} vs "
+                    f"{two.batch:.2f} utt/s -> {two.batch / one.batch:.2f}x"
+                )
+                print(results[-1], flush=True)
+                alone = [await models_alone(args.utterances, cores) for cores in (1, 2)]
+                results.append(
+                    f"the same model alone (bench/stt_alone.py, no Morgan), 1 core: "
+                    f"{alone[0]:.2f} utt/s, 2 cores: {alone[1]:.2f} utt/s -> "
+                    f"{alone[1] / alone[0]:.2f}x; Morgan's scaling over the model's own: "
+                    f"{(two.saturated / one.saturated) / (alone[1] / alone[0]):.2f}"
+                )
+                print(results[-1], flush=True)
+                fallback, stranded = await tier_fallback(dep, pcms[0])
+                results.append(
+                    f"tier fallback: gpu STT death -> first utterance served on cpu "
+                    f"{fallback:.2f} s (target < 2 s); {stranded} utterance(s) still routed "
+                    "to gpu after the death"
+                )
+                print(results[-1], flush=True)
+            finally:
+                net.down()
         if args.chaos:
             net = netns.Network(HOSTS, Path(tmp) / "chaos").up()
             try:
@@ -282,7 +284,7 @@ def record(args: argparse.Namespace, machine: str, results: list[str]) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--utterances", type=int, default=24, help="per throughput phase")
+    p.add_argument("--utterances", type=int, default=24, help="per throughput phase (0: skip it)")
     p.add_argument("--chaos", type=int, default=0, help="conversations in the chaos run")
     p.add_argument("--turns", type=int, default=3, help="turns per chaos conversation")
     p.add_argument("--parallel", type=int, default=5, help="chaos conversations at once")

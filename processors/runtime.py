@@ -216,15 +216,13 @@ class Worker:
         started = time.perf_counter()
         outcome = "ok"
         headers = raw.headers or {}
+        sid, turn = headers.get(SESSION_HEADER, ""), headers.get(TURN_HEADER, "")
+        ids = {"morgan.session": sid, "morgan.turn": turn}
         try:
             with (
                 metrics.in_flight(kind),
-                tracing.span(f"{kind}.handle", raw.headers) as span,
-                logs.bind(
-                    session=headers.get(SESSION_HEADER),
-                    turn=headers.get(TURN_HEADER),
-                    trace_id=tracing.trace_id(span),
-                ),
+                tracing.span(f"{kind}.handle", raw.headers, **ids) as span,
+                logs.bind(session=sid or None, turn=turn or None, trace_id=tracing.trace_id(span)),
             ):
                 ctx.trace = tracing.headers_of(span)
                 message = decode(raw.headers, raw.data)

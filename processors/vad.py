@@ -162,7 +162,9 @@ class VadSession:
         )
         # Each turn is one trace across every host; this is its root.
         with tracing.span(
-            "turn", None, **{"morgan.session": self.sid, "morgan.turn": self.turn}
+            "turn",
+            None,
+            **{"morgan.session": self.sid, "morgan.turn": self.turn, "morgan.input": "speech"},
         ) as root:
             trace = tracing.headers_of(root)
             await self.ctx.forward(utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace)

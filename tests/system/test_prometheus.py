@@ -180,7 +180,9 @@ def prometheus(
             stderr=subprocess.STDOUT,
         )
     try:
-        yield Prometheus(proc, f"http://127.0.0.1:{port}", log)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc, log)
+        yield Prometheus(proc, url, log)
     finally:
         proc.terminate()
         try:
@@ -188,6 +190,20 @@ def prometheus(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
+    """Until Prometheus answers ``/-/ready`` (it binds its port after opening its TSDB)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"prometheus not ready in {timeout_s} s"
+        time.sleep(0.2)
 
 
 @pytest_asyncio.fixture
