@@ -218,7 +218,7 @@ async def main(args: argparse.Namespace) -> int:
         if args.chaos:
             net = netns.Network(HOSTS, Path(tmp) / "chaos").up()
             try:
-                dep = await start_morgan(net)
+                dep = await start_morgan(net, spare_llm=True)
                 utts = [silence(300) + speak(p) + silence(900) for p in QUESTIONS]
                 runs = {}
                 for kill in (False, True):  # the same conversations, without kills first

@@ -237,11 +237,13 @@ class Deployment:
 HOSTS = ["cpu", "gpu1", "gpu2"]
 
 
-async def start_morgan(net: Network, **env: str) -> Deployment:
+async def start_morgan(net: Network, *, spare_llm: bool = False, **env: str) -> Deployment:
     """The failover topology: NATS on every host; VAD, LLM and the cpu tier of STT/TTS
     on ``cpu``; gpu-tier STT/TTS (declared by MORGAN_TIERS=gpu) on ``gpu1`` and ``gpu2``;
     a second VAD on ``gpu2``; the gateway ``gw`` on ``cpu`` and a second one, ``gw2``,
-    on ``gpu2`` that reaches every NATS node through a link 40 ms slower each way."""
+    on ``gpu2`` that reaches every NATS node through a link 40 ms slower each way.
+    ``spare_llm``: a second LLM worker on ``gpu1``, so that every kind has a survivor
+    when one worker dies (otherwise an LLM death waits for its restart)."""
     dep = Deployment(net, extra_env={**FAST_FAILOVER, **env})
     await dep.start_cluster(HOSTS)
     await dep.apply_definitions()
@@ -255,6 +257,8 @@ async def start_morgan(net: Network, **env: str) -> Deployment:
     dep.processor("stt-gpu2", gpu2, "stt", MORGAN_TIERS="gpu")
     dep.processor("tts-gpu2", gpu2, "tts", MORGAN_TIERS="gpu")
     dep.processor("vad-b", gpu2, "vad")
+    if spare_llm:
+        dep.processor("llm-b", gpu1, "llm")
     dep.gateway("gw", cpu)
     dep.gateway("gw2", gpu2, MORGAN_NATS_URL=await dep.delayed_urls(gpu2, LINK_DELAY_MS))
     await dep.ready()
