@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+from collections.abc import Mapping
 from importlib.metadata import entry_points
+from types import MappingProxyType
 
 from processors.spec import Spec
 
@@ -31,10 +33,12 @@ class UnknownKind(LookupError):
     pass
 
 
-def kinds() -> dict[str, str]:
-    """Every kind's name -> ``module:attribute`` of its Spec; built-in names win."""
+@functools.cache
+def kinds() -> Mapping[str, str]:
+    """Every kind's name -> ``module:attribute`` of its Spec; built-in names win. Read
+    once per process (packages installed later are found by the next process)."""
     found = {ep.name: ep.value for ep in entry_points(group=GROUP)}
-    return {**found, **BUILT_IN}
+    return MappingProxyType({**found, **BUILT_IN})
 
 
 def spec(kind: str) -> Spec:

@@ -18,6 +18,7 @@ turns too) except the inserted kind's own.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -44,8 +45,10 @@ class Routes:
     defaults: Mapping[str, str] = field(default_factory=lambda: dict(SHIPPED))
 
     @classmethod
+    @functools.lru_cache(maxsize=16)
     def parse(cls, text: str) -> Routes:
-        """``sender:type=kind`` entries, comma-separated (``MORGAN_ROUTES``)."""
+        """``sender:type=kind`` entries, comma-separated (``MORGAN_ROUTES``). Parsed once
+        per text: every message a worker forwards and every turn a gateway starts asks."""
         overrides: dict[tuple[str, str], str] = {}
         for entry in filter(None, (e.strip() for e in text.split(","))):
             left, eq, kind = entry.partition("=")
