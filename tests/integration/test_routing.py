@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -16,13 +15,12 @@ from processors import registry, stt
 from processors.announce import announced
 from processors.context import Onward
 from processors.routing import TierRouter, rescue_stranded
-from processors.spec import Spec, WorkQueue
 from schemas import Message, Subjects, TtsRequest, Utterance
 from streams import bus
 from streams.routes import Routes
 from streams.settings import Settings
 from tests.integration.bus_helpers import until, work_inbox
-from tests.integration.workers import ChildWorker, gpu_tier_taker, running
+from tests.integration.workers import ChildWorker, gpu_tier_taker, idle_tiered_spec, running
 
 S = Subjects()
 
@@ -38,22 +36,10 @@ async def _no_status(req: Request) -> None:
     await req.respond(b"{}")
 
 
-async def _nothing(*_: Any) -> None:
-    return None
-
-
 @contextlib.asynccontextmanager
 async def gpu_worker_stuck(nc: Client, settings: Settings, kind: str) -> AsyncIterator[None]:
     """A live gpu worker (it answers pings) that takes no work: its queue grows."""
-    spec = Spec(
-        kind=kind,
-        input=WorkQueue(tiered=True),
-        accepts=(Message,),
-        publishes=(),
-        load=_nothing,
-        handle=_nothing,
-    )
-    async with announced(nc, spec, settings, ("gpu",), None, _no_status):
+    async with announced(nc, idle_tiered_spec(kind), settings, ("gpu",), None, _no_status):
         yield
 
 

@@ -112,14 +112,7 @@ async def gpu_tier_taker(
 ) -> AsyncIterator[list[Message]]:
     """A gpu-tier worker as the bus sees one: announced with tiers=gpu, pulling
     ``<kind>-gpu`` and acking. Yields the messages it took."""
-    spec = Spec(
-        kind=kind,
-        input=WorkQueue(tiered=True),
-        accepts=(Message,),
-        publishes=(),
-        load=_nothing,
-        handle=_nothing,
-    )
+    spec = idle_tiered_spec(kind)
     sub = await js.pull_subscribe_bind(f"{kind}-gpu", stream=definitions.WORK)
     taken: list[Message] = []
 
@@ -139,6 +132,19 @@ async def gpu_tier_taker(
             with contextlib.suppress(BaseException):
                 await task
             await sub.unsubscribe()
+
+
+def idle_tiered_spec(kind: str) -> Spec:
+    """A tiered kind that loads nothing and does nothing: a worker as the registry and
+    the router see it, for tests that play a worker's part."""
+    return Spec(
+        kind=kind,
+        input=WorkQueue(tiered=True),
+        accepts=(Message,),
+        publishes=(),
+        load=_nothing,
+        handle=_nothing,
+    )
 
 
 async def _nothing(*_: Any) -> None:
