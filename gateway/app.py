@@ -7,6 +7,8 @@
                                                client's share of sessions)
     POST /api/text  typed turn -> text + WAV  (API key; 503 when overloaded, 429 past the
                                                client's share of turns)
+    /api/conversations..., /api/users/{id}/memory  the user's history and memory (API key;
+                                               gateway/conversations.py)
 
 The lifespan connects to NATS, applies the stream definitions, starts the live
 config (area ``gateway``: Consul KV, else NATS KV; docs/consul.md lists what
@@ -23,14 +25,15 @@ import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
 from nats.errors import Error as NatsError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from gateway import auth, http_guard, presence, text_api
+from gateway import auth, conversations, http_guard, presence, text_api
 from gateway.errors import error_response
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.overload import Load
@@ -38,6 +41,7 @@ from gateway.quota import Quota
 from gateway.session import Session
 from gateway.session_book import SessionBook
 from gateway.state import Gateway, gateway_of
+from gateway.stores import Stores
 from streams import bus, definitions
 from streams.config_source import ConfigSource
 from streams.settings import Settings
@@ -67,7 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
         load = Load(live, metrics)
         await load.poll_once(js)
         book = await SessionBook.open(js, settings)
-        gw = Gateway(live, nc, js, metrics, load, book, Quota(live))
+        stores = await Stores.open(live)
+        gw = Gateway(live, nc, js, metrics, load, book, Quota(live), stores)
         config.subscribe(gw.reconfigure)
         app.state.gateway = gw
         await gw.watch_turn_ends()
@@ -80,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await config.stop()
+            await stores.close()
             try:
                 await asyncio.wait_for(nc.drain(), 5)
             except (NatsError, TimeoutError) as exc:  # closed already, or slow to flush
@@ -96,12 +102,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
+        """``ok``; ``degraded`` (200) when a data store is away (the voice loop goes on);
+        ``unavailable`` (503) without the bus."""
         gw = gateway_of(request)
         up = gw.nc.is_connected
+        stores = await gw.stores.health()
+        whole = all(state in ("ok", "none") for state in stores.values())
         body = {
-            "status": "ok" if up else "unavailable",
+            "status": ("ok" if whole else "degraded") if up else "unavailable",
             "nats": "connected" if up else "disconnected",
             "queue_depth": gw.load.depth,
+            "stores": stores,
         }
         return JSONResponse(body, status_code=200 if up else 503)
 
@@ -128,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
             return
         try:
             await websocket.accept()
-            principal = auth.principal(websocket, gw.settings.api_key_set)
+            principal = auth.principal(websocket, gw.settings.api_key_users)
             await Session(gw, websocket, client, principal).run()
         finally:
             gw.quota.close_session(client)
@@ -144,16 +155,68 @@ def create_app(settings: Settings) -> FastAPI:
             return refused
         return await text_api.post_text(request, gw)
 
+    conversation_routes(app)
     return app
+
+
+def conversation_routes(app: FastAPI) -> None:
+    """The user's conversations and memory (``gateway.conversations``)."""
+
+    def allowed(request: Request) -> JSONResponse | None:
+        gw = gateway_of(request)
+        if not auth.authorized(request, gw.settings.api_key_set):
+            return _refuse(gw, 401, "unauthorized", "a valid API key is required", _bearer())
+        return http_guard.origin_refusal(request, gw.settings, gw.metrics)
+
+    @app.get("/api/conversations", summary="The caller's conversations, newest first")
+    async def conversations_page(
+        request: Request,
+        limit: int = Query(conversations.PAGE, ge=1, le=conversations.MAX_PAGE),
+        before: float | None = Query(None, description="the previous page's `next`"),
+    ) -> Response:
+        gw = gateway_of(request)
+        return allowed(request) or await conversations.list_conversations(
+            request, gw, limit, before
+        )
+
+    @app.get("/api/conversations/{sid}", summary="One conversation's messages and timings")
+    async def conversation(request: Request, sid: str) -> Response:
+        gw = gateway_of(request)
+        return allowed(request) or await conversations.get_conversation(request, gw, sid)
+
+    @app.post("/api/conversations/{sid}/resume", summary="A fresh resume token to continue it")
+    async def resume(request: Request, sid: str) -> Response:
+        gw = gateway_of(request)
+        return allowed(request) or await conversations.resume_conversation(request, gw, sid)
+
+    @app.delete("/api/conversations/{sid}", summary="Delete a conversation", status_code=204)
+    async def delete(request: Request, sid: str) -> Response:
+        gw = gateway_of(request)
+        return allowed(request) or await conversations.delete_conversation(request, gw, sid)
+
+    @app.delete("/api/users/{user}/memory", summary="Forget the user: history, cache, memories")
+    async def forget(request: Request, user: str) -> Response:
+        gw = gateway_of(request)
+        return allowed(request) or await conversations.forget_user(request, gw, user)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        return error_response(422, "bad_request", where or "malformed request")
+
+
+def _bearer() -> dict[str, str]:
+    return {"WWW-Authenticate": "Bearer"}
 
 
 def refusal(conn: HTTPConnection, gw: Gateway, *, new_session: bool = False) -> JSONResponse | None:
     """Why a new session or request is refused (401, 503), or None to serve it."""
     s = gw.settings
     if not auth.authorized(conn, s.api_key_set):
-        return _refuse(
-            gw, 401, "unauthorized", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
-        )
+        return _refuse(gw, 401, "unauthorized", "a valid API key is required", _bearer())
     if not gw.nc.is_connected:
         return _refuse(gw, 503, "unavailable", "the message bus is unavailable", _retry(gw))
     if gw.load.overloaded:

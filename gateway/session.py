@@ -63,7 +63,7 @@ from schemas import (
     Transcript,
     decode,
 )
-from schemas.codec import foreign
+from schemas.codec import USER_HEADER, foreign
 from streams import bus, tracing
 from streams.definitions import AUDIO, EVENTS
 
@@ -154,7 +154,9 @@ class Session:
             raise ProtocolError("no_session", "send session.start first")
         elif isinstance(msg, protocol.Text):
             received = asyncio.get_running_loop().time()
-            self.current_turn = await self.gw.typed_turn(self.client, self.sid, msg.text)
+            self.current_turn = await self.gw.typed_turn(
+                self.client, self.sid, msg.text, user=self.principal
+            )
             self.turns.typed(self.current_turn, received)
         else:
             await self.client_cancel(self.sid)
@@ -245,7 +247,8 @@ class Session:
         claim = SessionClaim(sid, INPUT_RATE, INPUT_FORMAT, int(time.time() * 1000))
         msg_id = f"claim.{sid}.{claim.started_ms}" if again else f"claim.{sid}"
         subject = claim_subject(self.gw.settings)
-        await bus.publish(self.gw.js, subject, claim, msg_id=msg_id)
+        user = {USER_HEADER: self.principal}  # carried onto every message of its turns
+        await bus.publish(self.gw.js, subject, claim, msg_id=msg_id, headers=user)
 
     async def client_cancel(self, sid: str) -> None:
         turn = self.current_turn

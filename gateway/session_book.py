@@ -3,7 +3,8 @@
 A session id is no secret (it names consumers, subjects and KV keys any operator
 sees), so continuing a session (a WebSocket resume, or ``session_id`` on
 ``POST /api/text``) takes two more things: the resume token handed out once with
-the new session, and the same API key that opened it (``auth.principal``). The book keeps, per
+the new session (or reissued for a conversation of the user's history), and a key
+of the user who opened it (``auth.principal``). The book keeps, per
 session, a hash of each in the NATS KV bucket ``MORGAN_SESSIONS``, so any
 gateway can check a resume; entries live as long as the session's events.
 A wrong token, another key's session and an unknown id get the same answer.
@@ -52,6 +53,14 @@ class SessionBook:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         entry = {"owner": principal, "token": _digest(token)}
         await self.kv.create(sid, json.dumps(entry).encode())
+        return token
+
+    async def reissue(self, sid: str, principal: str) -> str:
+        """A new resume token for ``principal``'s session ``sid`` (the caller checked that
+        it is theirs, e.g. in the history); the old token stops working."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        entry = {"owner": principal, "token": _digest(token)}
+        await self.kv.put(sid, json.dumps(entry).encode())
         return token
 
     async def check(self, sid: str, token: str, principal: str) -> None:

@@ -16,6 +16,7 @@ from gateway.metrics import Metrics
 from gateway.overload import Load
 from gateway.quota import Quota
 from gateway.session_book import SessionBook
+from gateway.stores import Stores
 from schemas import (
     ErrorEvent,
     LlmRequest,
@@ -26,6 +27,7 @@ from schemas import (
     Transcript,
     decode,
 )
+from schemas.codec import USER_HEADER
 from streams import bus, tracing
 from streams.routes import Routes
 from streams.settings import Settings
@@ -44,6 +46,7 @@ class Gateway:
     load: Load
     book: SessionBook
     quota: Quota
+    stores: Stores
 
     @property
     def subjects(self) -> Subjects:
@@ -57,7 +60,9 @@ class Gateway:
         self.load.settings = settings
         self.quota.settings = settings
 
-    async def typed_turn(self, client: str, sid: str, text: str, turn: str | None = None) -> str:
+    async def typed_turn(
+        self, client: str, sid: str, text: str, turn: str | None = None, *, user: str
+    ) -> str:
         """Start a turn from typed text: a transcript event, then work for the LLM.
 
         Counted against the client's and the session's share of turns in flight
@@ -66,12 +71,12 @@ class Gateway:
         turn = turn or new_turn()
         self.quota.start_turn(client, sid, turn)
         s = self.subjects
-        event = Transcript(sid, turn, text)
+        event = Transcript(sid, turn, text, typed=True)
         # The turn's trace starts here (streams/tracing.py); both messages carry it on.
         attrs = {"morgan.session": sid, "morgan.turn": turn, "morgan.input": "text"}
         try:
             with tracing.span("turn", None, **attrs) as root:
-                trace = tracing.headers_of(root)
+                trace = tracing.headers_of(root) | {USER_HEADER: user}
                 await bus.publish(
                     self.js,
                     s.events(sid, event.TYPE),

@@ -98,13 +98,13 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         sid, token = resume_fields(body)
     except ProtocolError as exc:
         return error_response(422, exc.code, exc.message)
-    keys = gw.settings.api_key_set
+    user = auth.principal(request, gw.settings.api_key_users)
     try:
         if sid is None:  # a new session: its resume token goes back with the reply
             sid = uuid.uuid4().hex
-            new_token: str | None = await gw.book.new_session(sid, auth.principal(request, keys))
+            new_token: str | None = await gw.book.new_session(sid, user)
         else:
-            await gw.book.check(sid, token, auth.principal(request, keys))
+            await gw.book.check(sid, token, user)
             new_token = None
     except ProtocolError as exc:
         return error_response(404, exc.code, exc.message)
@@ -119,7 +119,8 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         try:
             subs.append(await gw.nc.subscribe(s.events(sid), cb=reply.on_bus))
             subs.append(await gw.nc.subscribe(s.audio_out(sid), cb=reply.on_bus))
-            await gw.typed_turn(auth.client_of(request, keys), sid, text, turn)
+            client = auth.client_of(request, gw.settings.api_key_set)
+            await gw.typed_turn(client, sid, text, turn, user=user)
         except ProtocolError as exc:  # too many turns in flight
             retry = {"Retry-After": str(gw.settings.retry_after_s)}
             return error_response(429, exc.code, exc.message, headers=retry)

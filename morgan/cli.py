@@ -9,7 +9,8 @@ import signal
 import socket
 import sys
 
-from morgan import doctor
+from morgan import doctor, embedded_postgres
+from morgan.embedded_postgres import EmbeddedPostgres
 from morgan.supervisor import Child, Supervisor, child_env
 from processors import registry
 from streams import embedded
@@ -35,19 +36,74 @@ def _metrics_port(settings: Settings, index: int) -> dict[str, str]:
     return {"MORGAN_METRICS_PORT": str(settings.metrics_port + 1 + index)}
 
 
+async def _stores(settings: Settings) -> tuple[EmbeddedPostgres | None, dict[str, str], str]:
+    """The data stores ``morgan up`` gives its children: an embedded PostgreSQL when no
+    ``MORGAN_DATABASE_URL`` is set, Qdrant's local mode in ``<data_dir>/qdrant`` when
+    no Qdrant is set. Returns the server started (if any), the children's environment
+    and one line saying what is used. Raises ``EmbeddedPostgresError``."""
+    env: dict[str, str] = {}
+    pg = None
+    if settings.database_url:
+        history = f"PostgreSQL {doctor.hide_password(settings.database_url)}"
+    else:
+        root = settings.data_dir / "postgres"
+        try:
+            pg = await embedded_postgres.start(root)
+        except embedded_postgres.NotInstalled as exc:
+            history = f"none ({exc}; set MORGAN_DATABASE_URL)"
+        else:
+            env["MORGAN_DATABASE_URL"] = pg.url
+            history = f"PostgreSQL embedded, 127.0.0.1:{pg.port} ({root})"
+    if settings.qdrant_url:
+        memory = f"Qdrant {settings.qdrant_url}"
+    else:
+        path = settings.qdrant_path or str(settings.data_dir / "qdrant")
+        env["MORGAN_QDRANT_PATH"] = path
+        memory = f"Qdrant local {path}"
+    if settings.redis_cluster_nodes:
+        cache = f"Redis Cluster {settings.redis_cluster_nodes}"
+    elif settings.redis_url:
+        cache = f"Redis {doctor.hide_password(settings.redis_url)}"
+    else:
+        cache = "no Redis (L1 and PostgreSQL only)"
+    return pg, env, f"history: {history}; memory: {memory}; context cache: {cache}"
+
+
 async def up(settings: Settings, nats_port: int) -> int:
-    """Everything on this machine: nats-server, one worker of each enabled kind
-    (``MORGAN_KINDS``), the gateway."""
-    port = nats_port if _port_free("127.0.0.1", nats_port) else 0
-    srv = await embedded.start(store_dir=settings.data_dir / "nats", port=port)
-    print(f"nats-server  {srv.url}  (monitoring {srv.monitor_url})", flush=True)
-    env = child_env({"MORGAN_NATS_URL": srv.url})
-    py = sys.executable
+    """Everything on this machine: nats-server, the data stores (docs/data.md), one
+    worker of each enabled kind (``MORGAN_KINDS``), the gateway."""
     known = registry.kinds()
     missing = [k for k in settings.kind_list if k not in known]
     if missing:
         print(f"MORGAN_KINDS names kinds not installed: {missing}; have {sorted(known)}")
         return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    port = nats_port if _port_free("127.0.0.1", nats_port) else 0
+    srv = await embedded.start(store_dir=settings.data_dir / "nats", port=port)
+    print(f"nats-server  {srv.url}  (monitoring {srv.monitor_url})", flush=True)
+    pg = None
+    try:
+        try:
+            pg, store_env, stores = await _stores(settings)
+        except embedded_postgres.EmbeddedPostgresError as exc:
+            print(f"PostgreSQL: {exc}", flush=True)
+            return 1
+        print(f"stores       {stores}", flush=True)
+        if not stop.is_set():  # Ctrl-C while the stores started: no children to start
+            await _children(settings, child_env({"MORGAN_NATS_URL": srv.url, **store_env}), stop)
+    finally:
+        if pg is not None:
+            await pg.stop()
+        await srv.stop()
+    return 0
+
+
+async def _children(settings: Settings, env: dict[str, str], stop: asyncio.Event) -> None:
+    """Run the workers and the gateway until ``stop``."""
+    py = sys.executable
     children = [
         Child(
             kind,
@@ -59,10 +115,6 @@ async def up(settings: Settings, nats_port: int) -> int:
     ]
     children.append(Child("gateway", [py, "-m", "gateway"], env, b"Uvicorn running on"))
     sup = Supervisor(children)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await sup.start()
     print("loading models: " + ", ".join(c.name for c in children), flush=True)
     waiting = {asyncio.create_task(c.ready.wait()): c.name for c in children}
@@ -80,8 +132,6 @@ async def up(settings: Settings, nats_port: int) -> int:
     for task in waiting:
         task.cancel()
     await sup.stop()
-    await srv.stop()
-    return 0
 
 
 async def run_nats(settings: Settings, args: argparse.Namespace) -> int:
@@ -96,8 +146,9 @@ async def run_nats(settings: Settings, args: argparse.Namespace) -> int:
         http_port=args.http_port,
         server_name=args.name,
         cluster=cluster,
+        sync_interval=args.sync_interval,
     )
-    print(f"nats-server {args.name} {srv.url}", flush=True)
+    print(f"nats-server {args.name} {srv.url} (sync_interval {args.sync_interval})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -124,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--cluster-name", default="")
     n.add_argument("--cluster-port", type=int, default=6222)
     n.add_argument("--route", action="append", default=[], help="nats-route://host:6222")
+    n.add_argument(
+        "--sync-interval",
+        default=embedded.SYNC_INTERVAL,
+        help="how often JetStream fsyncs (EVENTS is the history's write queue; docs/design.md"
+        f" 'Durability'); default {embedded.SYNC_INTERVAL}, 'always' to fsync every write",
+    )
     return p
 
 

@@ -1,13 +1,22 @@
-"""``morgan doctor``: hardware, models, the kinds and routes, and whether NATS answers."""
+"""``morgan doctor``: hardware, models, the kinds and routes, the data stores, and whether
+NATS answers."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
 from nats.errors import Error as NatsError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
+from morgan import embedded_postgres
 from processors import hardware, models, registry, routing
 from processors.routing import TierRouter
 from processors.spec import EventTap, Spec
@@ -53,7 +62,8 @@ def _kinds(settings: Settings) -> list[Spec]:
         print(
             f" {mark}{kind:<{width}} {feeds:<15} ack wait {spec.ack_wait(settings):g} s, "
             f"deliveries {'unlimited' if deliveries < 0 else deliveries}, "
-            f"{spec.concurrency} at once; publishes " + ", ".join(m.TYPE for m in spec.publishes)
+            f"{spec.concurrency} at once; publishes "
+            + (", ".join(m.TYPE for m in spec.publishes) or "nothing")
         )
     return specs
 
@@ -62,6 +72,119 @@ def _routes(settings: Settings) -> None:
     print("routes (sender: message type -> kind; MORGAN_ROUTES overrides)")
     for sender, message_type, kind in Routes.parse(settings.routes).table():
         print(f"  {sender}: {message_type:<14} -> {kind}")
+
+
+STORE_TIMEOUT_S = 2.0
+"""Each store gets this long to answer: doctor stays quick when one is away."""
+
+
+def _why(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def hide_password(url: str) -> str:
+    """A DSN or URL as it may be shown: any password in it replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    tail = re.sub(r"([?&]password=)[^&#]*", r"\1***", tail, flags=re.IGNORECASE)
+    return f"{scheme}://{netloc}{tail}"
+
+
+async def _postgres_answers(url: str) -> str:
+    conn = await asyncpg.connect(url, timeout=STORE_TIMEOUT_S)
+    try:
+        version = str(await conn.fetchval("SHOW server_version")).split()[0]
+        line = f"answers, PostgreSQL {version}"
+        if not await conn.fetchval("SELECT to_regclass('morgan_schema_migrations') IS NOT NULL"):
+            return f"{line}, no Morgan schema yet"
+        try:
+            schema = await conn.fetchval("SELECT max(version) FROM morgan_schema_migrations")
+        except asyncpg.PostgresError as exc:
+            return f"{line}, schema version unreadable ({_why(exc)})"
+        return f"{line}, schema version {schema}"
+    finally:
+        await conn.close()
+
+
+async def _postgres(settings: Settings) -> tuple[bool, str]:
+    url = settings.database_url
+    where = hide_password(url)
+    if not url:
+        root = settings.data_dir / "postgres"
+        embedded_url = embedded_postgres.configured_url(settings.data_dir)
+        if embedded_url is None:
+            return True, f"not configured: morgan up starts an embedded one in {root}"
+        url, where = embedded_url, f"embedded (morgan up) {hide_password(embedded_url)}"
+    try:
+        answer = await asyncio.wait_for(_postgres_answers(url), 2 * STORE_TIMEOUT_S)
+    except (*embedded_postgres.CONNECT_ERRORS, ValueError) as exc:
+        if not settings.database_url:
+            return True, f"{where}: not running (morgan up starts it)"
+        return False, f"{where}: UNREACHABLE ({_why(exc)})"
+    return True, f"{where}: {answer}"
+
+
+def _redis_client(settings: Settings) -> aioredis.Redis | RedisCluster:
+    t = STORE_TIMEOUT_S
+    if settings.redis_cluster_nodes:
+        nodes = [n.strip().rpartition(":") for n in settings.redis_cluster_nodes.split(",")]
+        startup = [ClusterNode(host, int(port)) for host, _, port in nodes if host]
+        return RedisCluster(startup_nodes=startup, socket_connect_timeout=t, socket_timeout=t)
+    return aioredis.from_url(settings.redis_url, socket_connect_timeout=t, socket_timeout=t)
+
+
+async def _redis(settings: Settings) -> tuple[bool, str]:
+    if settings.redis_cluster_nodes:
+        where = f"cluster {settings.redis_cluster_nodes}"
+    elif settings.redis_url:
+        where = hide_password(settings.redis_url)
+    else:
+        return True, "not configured: no L2 context cache (L1 and PostgreSQL answer)"
+    try:
+        client = _redis_client(settings)
+        try:
+            await asyncio.wait_for(client.ping(), 2 * STORE_TIMEOUT_S)
+        finally:
+            await client.aclose()
+    except (OSError, TimeoutError, ValueError, RedisError, RedisClusterException) as exc:
+        return False, f"{where}: UNREACHABLE ({_why(exc)})"
+    return True, f"{where}: answers (PING)"
+
+
+async def _qdrant(settings: Settings) -> tuple[bool, str]:
+    if not settings.qdrant_url:
+        # Local mode is locked by the one process that opens it: look, do not open.
+        path = Path(settings.qdrant_path or settings.data_dir / "qdrant")
+        state = "exists" if path.is_dir() else "not created yet"
+        if settings.qdrant_path:
+            return True, f"local mode {path} ({state})"
+        return True, f"not configured: morgan up uses local mode in {path} ({state})"
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    try:
+        async with httpx.AsyncClient(timeout=STORE_TIMEOUT_S) as client:
+            answer = await client.get(settings.qdrant_url.rstrip("/") + "/")
+        answer.raise_for_status()
+        version = answer.json().get("version", "?")
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        return False, f"{settings.qdrant_url}: UNREACHABLE ({_why(exc)})"
+    return True, f"{settings.qdrant_url}: answers, Qdrant {version}"
+
+
+async def _stores(settings: Settings) -> bool:
+    """Print which data stores are used and whether each answers; False = one that is
+    configured does not."""
+    print("stores (docs/data.md)")
+    checks = await asyncio.gather(_postgres(settings), _redis(settings), _qdrant(settings))
+    for name, (_, line) in zip(("postgresql", "redis", "qdrant"), checks, strict=True):
+        print(f"  {name:<12} {line}")
+    return all(ok for ok, _ in checks)
 
 
 async def report(settings: Settings) -> int:
@@ -83,8 +206,8 @@ async def report(settings: Settings) -> int:
         print(f"  llm          {settings.llm_model or _check(models.smollm2_gguf_path)}")
     specs = _kinds(settings)
     _routes(settings)
+    ok = await _stores(settings)
     print("nats")
-    ok = True
     try:
         nc = await bus.connect(settings, "morgan-doctor", connect_timeout=2.0, keep_trying=False)
     except Exception as exc:

@@ -12,7 +12,8 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from processors import hardware
-from processors.spec import Spec
+from processors.spec import Endpoint, Spec
+from schemas import MorganError
 from streams import registry
 from streams.settings import Settings
 
@@ -41,6 +42,9 @@ async def announced(
     await service.add_endpoint(
         name="status", subject=f"{settings.prefix}.svc.{spec.kind}.status", handler=status
     )
+    for name, answer in spec.endpoints.items():
+        subject = f"{settings.prefix}.svc.{spec.kind}.{name}"
+        await service.add_endpoint(name=name, subject=subject, handler=_answering(answer, state))
     hw = hardware.detect()
     try:
         async with registry.registered(
@@ -52,7 +56,7 @@ async def announced(
             nats_client_id=str(nc.client_id),
             port=settings.metrics_port or None,  # where Prometheus scrapes it
         ) as reg:
-            watch = asyncio.create_task(report_bus_health(nc, reg))
+            watch = asyncio.create_task(report_health(nc, reg, _own_health(spec, state)))
             try:
                 yield reg
             finally:
@@ -63,11 +67,36 @@ async def announced(
         await service.stop()
 
 
-async def report_bus_health(nc: Client, reg: registry.Registration, every_s: float = 1.0) -> None:
-    """A worker cut off from NATS does no work: Consul shows it ``warning`` until back."""
+def _own_health(spec: Spec, state: Any) -> Callable[[], Awaitable[str]]:
+    async def own() -> str:
+        return "" if spec.health is None else await spec.health(state)
+
+    return own
+
+
+def _answering(answer: Endpoint, state: Any) -> Callable[[Request], Awaitable[None]]:
+    """A micro handler for one of the kind's endpoints: its reply, or its error."""
+
+    async def handler(req: Request) -> None:
+        try:
+            reply = await answer(state, req.data)
+        except MorganError as exc:
+            await req.respond_error(exc.code, str(exc))
+            return
+        await req.respond(reply)
+
+    return handler
+
+
+async def report_health(
+    nc: Client, reg: registry.Registration, own: Callable[[], Awaitable[str]], every_s: float = 1.0
+) -> None:
+    """Consul shows the worker ``warning`` while it is cut off from NATS (it does no work)
+    or its kind says why it is degraded (``Spec.health``: a store away), until both pass."""
     while True:
-        if not nc.is_connected and reg.status == registry.PASSING:
-            reg.degraded("NATS disconnected: reconnecting")
-        elif nc.is_connected and reg.status != registry.PASSING:
+        reason = "NATS disconnected: reconnecting" if not nc.is_connected else await own()
+        if reason and (reg.status == registry.PASSING or reg.output != reason):
+            reg.degraded(reason)
+        elif not reason and reg.status != registry.PASSING:
             reg.healthy()
         await asyncio.sleep(every_s)

@@ -8,6 +8,7 @@ A handler publishes only what its kind declares (``Spec.publishes``).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from schemas import AudioChunk, Cancel, Message, MorganError, SessionEnd, Subjects
+from schemas.codec import USER_HEADER, WORKER_HEADER
 from streams import bus, definitions
 from streams.routes import Routes
 from streams.settings import Settings
@@ -50,6 +52,22 @@ class Context(Protocol):
         """Settings as they are now: for long handlers (a session held for minutes)."""
         ...
 
+    @property
+    def user(self) -> str:
+        """The user the message's session belongs to ("" when no gateway said)."""
+        ...
+
+    @property
+    def sent_by(self) -> str:
+        """The worker that published the message (``Morgan-Worker``; "" if not said)."""
+        ...
+
+    @property
+    def sent_at(self) -> float:
+        """When the message was stored in its stream, Unix seconds (a redelivery keeps
+        the first time)."""
+        ...
+
     def cancelled(self, sid: str, turn: str) -> bool: ...
 
     def session_ended(self, sid: str) -> bool: ...
@@ -78,6 +96,11 @@ class Context(Protocol):
 
     async def key_value(self, bucket: str) -> KvStore:
         """One of the KV buckets declared in ``streams.definitions`` (KeyError if not)."""
+        ...
+
+    async def ask(self, kind: str, endpoint: str, body: bytes, timeout: float) -> bytes:
+        """Ask another kind's endpoint (``Spec.endpoints``) and wait for its answer;
+        ``Unavailable`` when none comes in ``timeout`` seconds."""
         ...
 
 
@@ -147,11 +170,31 @@ class BusContext:
     """The JetStream message being handled (None in direct calls)."""
     trace: dict[str, str] = field(default_factory=dict)
     """Headers to carry on (``traceparent``): one trace per turn across hosts."""
+    carried: dict[str, str] = field(default_factory=dict)
+    """Headers on everything published, whatever ``trace`` a call passes: the session's
+    user (``Morgan-User``) and this worker (``Morgan-Worker``)."""
     live: Callable[[], Settings] | None = None
     """The worker's settings now (live config); ``settings`` is the message-start snapshot."""
 
     def current_settings(self) -> Settings:
         return self.settings if self.live is None else self.live()
+
+    @property
+    def user(self) -> str:
+        return self.carried.get(USER_HEADER, "")
+
+    @property
+    def sent_by(self) -> str:
+        return str(((self.raw.headers if self.raw else None) or {}).get(WORKER_HEADER, ""))
+
+    @property
+    def sent_at(self) -> float:
+        if self.raw is None:
+            return time.time()
+        return float(self.raw.metadata.timestamp.timestamp())
+
+    def _headers(self, trace: dict[str, str] | None = None) -> dict[str, str]:
+        return (trace or self.trace) | self.carried
 
     @property
     def subjects(self) -> Subjects:
@@ -177,24 +220,27 @@ class BusContext:
         self._declared(event)
         sid = getattr(event, "sid")  # noqa: B009 - every event has a sid
         subject = self.subjects.events(sid, event.TYPE)
-        await bus.publish(self.js, subject, event, msg_id=msg_id, headers=trace or self.trace)
+        await bus.publish(self.js, subject, event, msg_id=msg_id, headers=self._headers(trace))
 
     async def forward(
         self, work: Message, *, msg_id: str, trace: dict[str, str] | None = None
     ) -> None:
         self._declared(work)
         subject = await self.onward.subject(self.subjects, self.kind, work.TYPE)
-        await bus.publish(self.js, subject, work, msg_id=msg_id, headers=trace or self.trace)
+        await bus.publish(self.js, subject, work, msg_id=msg_id, headers=self._headers(trace))
 
     async def send_audio(self, chunk: AudioChunk, *, msg_id: str) -> None:
         self._declared(chunk)
         subject = self.subjects.audio_out(chunk.sid)
-        await bus.publish(self.js, subject, chunk, msg_id=msg_id, headers=self.trace)
+        await bus.publish(self.js, subject, chunk, msg_id=msg_id, headers=self._headers())
 
     async def control(self, msg: Message) -> None:
         self._declared(msg)
         sid = getattr(msg, "sid")  # noqa: B009
-        await bus.publish_core(self.nc, self.subjects.control(sid), msg, headers=self.trace)
+        await bus.publish_core(self.nc, self.subjects.control(sid), msg, headers=self._headers())
 
     async def key_value(self, bucket: str) -> KeyValue:
         return await definitions.key_value(self.js, self.settings, bucket)
+
+    async def ask(self, kind: str, endpoint: str, body: bytes, timeout: float) -> bytes:
+        return await bus.ask(self.nc, self.settings.prefix, kind, endpoint, body, timeout)

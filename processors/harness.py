@@ -13,6 +13,8 @@ compare-and-set semantics of NATS KV that handlers rely on.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,7 +22,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from processors.context import undeclared
 from processors.spec import Spec
-from schemas import AudioChunk, Message, MessageError
+from schemas import AudioChunk, Message, MessageError, Unavailable
 from streams import definitions
 from streams.routes import Routes
 from streams.settings import Settings
@@ -76,12 +78,24 @@ class MemoryContext:
     ended_sessions: set[str] = field(default_factory=set)
     buckets: dict[str, MemoryKv] = field(default_factory=dict)
     stopping: bool = False
+    user: str = ""
+    """The session's user, as the runtime reads it from the message's headers."""
+    sent_by: str = ""
+    """The worker that published the message being handled."""
+    sent_at: float = field(default_factory=time.time)
+    """When the message was stored in its stream, Unix seconds."""
+    answers: dict[tuple[str, str], Callable[[bytes], Awaitable[bytes]]] = field(
+        default_factory=dict
+    )
+    """What ``ask(kind, endpoint, ...)`` answers: a kind's endpoint handler (over its
+    state), or a function of the test's; a missing one is ``Unavailable``, as when no
+    worker of that kind runs."""
 
     @classmethod
     def of(
-        cls, spec: Spec, *, state: Any = None, settings: Settings | None = None
+        cls, spec: Spec, *, state: Any = None, settings: Settings | None = None, user: str = ""
     ) -> MemoryContext:
-        return cls(spec, settings or Settings(), state)
+        return cls(spec, settings or Settings(), state, user=user)
 
     async def handle(self, message: Message) -> None:
         """Run the kind's handler on ``message`` as the runtime would (accepts checked)."""
@@ -136,3 +150,9 @@ class MemoryContext:
         if bucket not in definitions.bucket_configs(self.settings):
             raise KeyError(f"KV bucket {bucket!r} is not declared in streams.definitions")
         return self.buckets.setdefault(bucket, MemoryKv())
+
+    async def ask(self, kind: str, endpoint: str, body: bytes, timeout: float) -> bytes:
+        answer = self.answers.get((kind, endpoint))
+        if answer is None:
+            raise Unavailable(f"{kind}.{endpoint}: no answer (no worker)")
+        return await answer(body)

@@ -51,6 +51,9 @@ class LlmBackend(Protocol):
 
     def describe(self) -> str: ...
 
+    async def aclose(self) -> None:
+        """Release the model or the connection (the worker is stopping)."""
+
 
 def rejected(message: str) -> MorganError:
     """The model refused this request for good (trying again cannot help)."""
@@ -88,6 +91,9 @@ class LocalBackend:
 
     def describe(self) -> str:
         return f"llama.cpp {self.path.name.removesuffix('.gguf')}"
+
+    async def aclose(self) -> None:
+        """The model is freed with the process (tests share one model between backends)."""
 
     def _start_from_system_prompt(self, messages: Messages) -> None:
         """Leave exactly the system prompt's tokens in the model's cache (lock held).

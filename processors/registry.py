@@ -25,6 +25,8 @@ BUILT_IN = {
     "stt": "processors.stt:SPEC",
     "llm": "processors.llm:SPEC",
     "tts": "processors.tts:SPEC",
+    "history": "processors.history:SPEC",
+    "memory": "processors.memory:SPEC",
 }
 """The shipped kinds (found without package metadata, so a source checkout works too)."""
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from schemas import (
     Superseded,
     decode,
 )
-from schemas.codec import SESSION_HEADER, TURN_HEADER
+from schemas.codec import SESSION_HEADER, TURN_HEADER, USER_HEADER, WORKER_HEADER
 from streams import bus, definitions, logs, tracing
 from streams.config_source import ConfigSource
 from streams.definitions import Consumer
@@ -139,8 +140,14 @@ class Worker:
             self.router.queue_limit = settings.gpu_queue_limit
 
     async def _on_control(self, raw: Msg) -> None:
-        with contextlib.suppress(MessageError):
-            self.signals.note(decode(raw.headers, raw.data))
+        try:
+            message = decode(raw.headers, raw.data)
+        except MessageError as exc:
+            log.debug("%s: unreadable control message: %s", self.spec.kind, exc)
+            return
+        self.signals.note(message)
+        if self.spec.on_control is not None and self.state is not None:
+            self.spec.on_control(message, self.state)
 
     async def _status(self, req: Request) -> None:
         await req.respond(
@@ -204,8 +211,14 @@ class Worker:
             signals=self.signals,
             onward=onward,
             raw=raw,
+            carried=self._carried(raw),
             live=lambda: self.settings,
         )
+
+    def _carried(self, raw: Msg) -> dict[str, str]:
+        user = (raw.headers or {}).get(USER_HEADER)
+        worker = {WORKER_HEADER: f"{self.spec.kind}@{platform.node()}:{os.getpid()}"}
+        return worker | ({USER_HEADER: user} if user else {})
 
     async def _handle(self, nc: Client, js: JetStreamContext, raw: Msg, tier: str | None) -> None:
         kind = self.spec.kind

@@ -14,8 +14,8 @@ A handler publishes through ``Context`` and returns normally to ack; it raises a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.msg import Msg
@@ -46,6 +46,14 @@ class SessionReader(Protocol):
 
 
 SessionOpener = Callable[[SessionClaim, "Context", "Owner"], Awaitable[SessionReader]]
+
+Endpoint = Callable[[Any, bytes], Awaitable[bytes]]
+"""(the kind's state, request body) -> reply body: a request the kind answers at
+``<prefix>.svc.<kind>.<name>`` (one worker of the kind answers each; JSON by convention).
+Raise ``MorganError`` to answer with an error (its code and message)."""
+ControlHook = Callable[[Message, Any], None]
+"""(control message, the kind's state): called for every control message the worker
+sees (cancel, session end, forget), after the runtime noted it."""
 """(claim, context, the session's owner record) -> a reader of its frames."""
 
 
@@ -111,6 +119,13 @@ class Spec:
     """Messages handled at once by one worker (a claim kind: sessions held)."""
     describe: Callable[[Any], str] = lambda state: ""
     """A short model description for the service registry."""
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
+    """Requests the kind answers, by name (``<prefix>.svc.<kind>.<name>``)."""
+    on_control: ControlHook | None = None
+    """What the kind does with control messages beyond what the runtime does."""
+    health: Callable[[Any], Awaitable[str]] | None = None
+    """Why the worker is degraded ("" = it is not), e.g. a store it uses is away; shown as
+    a Consul ``warning`` and in ``status`` until it passes again."""
 
     def __post_init__(self) -> None:
         claims = isinstance(self.input, SessionClaims)

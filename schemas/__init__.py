@@ -5,7 +5,7 @@ turns any of them into NATS headers plus a body and back.
 """
 
 from schemas.codec import MessageError, decode, encode
-from schemas.control import Cancel, SessionEnd
+from schemas.control import Cancel, Forget, SessionEnd
 from schemas.errors import BadInput, Handoff, MorganError, Superseded, Unavailable
 from schemas.events import (
     ErrorEvent,
@@ -37,6 +37,7 @@ __all__ = [
     "ReplyDone",
     "SessionClaim",
     "SessionEnd",
+    "Forget",
     "SpeechStarted",
     "SpeechStopped",
     "Subjects",

@@ -24,6 +24,11 @@ TYPE_HEADER = "Morgan-Type"
 META_HEADER = "Morgan-Meta"
 SESSION_HEADER = "Morgan-Session"
 TURN_HEADER = "Morgan-Turn"
+USER_HEADER = "Morgan-User"
+"""The user a session belongs to: set by the gateway on a session's claim and typed
+turns, and carried by the runtime onto everything published while handling them."""
+WORKER_HEADER = "Morgan-Worker"
+"""The worker (``kind@host:pid``) that published a message; the history records it."""
 
 
 class MessageError(MorganError):

@@ -24,3 +24,15 @@ class SessionEnd(Message):
 
     TYPE: ClassVar[str] = "control.session_end"
     sid: str
+
+
+@dataclass(frozen=True)
+class Forget(Message):
+    """A user's history, cached context and memories are being deleted: every worker
+    drops what it keeps of them in memory. Sent to ``<prefix>.control.forget`` (session
+    ids are 32 hex digits, so no session's control subject is that)."""
+
+    TYPE: ClassVar[str] = "control.forget"
+    user: str
+    sid: str = ""
+    """One session of the user (a deleted conversation); empty: all of the user's."""

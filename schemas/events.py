@@ -37,6 +37,8 @@ class Transcript(Message):
     text: str
     stt_ms: float = 0.0
     """Speech-to-text compute, milliseconds."""
+    typed: bool = False
+    """The user typed it (no speech-to-text)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class ReplyDone(Message):
     text: str
     sentences: int
     """How many TTS requests (and so audio sentences) the reply has."""
+    llm_ms: float = 0.0
+    """From the LLM request's receipt to the reply's end, milliseconds."""
+    first_ms: float = 0.0
+    """From the LLM request's receipt to its first sentence sent to TTS, milliseconds."""
+    asked: str = ""
+    """The words the reply answers, as the LLM got them (long-term memory stores them)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class ReplyCancelled(Message):
     sid: str
     turn: str
     reason: str = "barge-in"
+    spoken: str = ""
+    """The part of the reply already sent to be spoken when it was cancelled."""
 
 
 @dataclass(frozen=True)

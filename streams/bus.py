@@ -6,9 +6,10 @@ import logging
 
 import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from schemas import Message, encode
+from schemas import Message, MorganError, Unavailable, encode
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.bus")
@@ -79,3 +80,27 @@ async def publish_core(
     if headers:
         hdrs.update(headers)
     await nc.publish(subject, body, headers=hdrs)
+
+
+SERVICE_ERROR = "Nats-Service-Error"
+SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
+
+
+async def ask(
+    nc: Client, prefix: str, kind: str, endpoint: str, body: bytes, timeout: float
+) -> bytes:
+    """Ask a kind's endpoint (``<prefix>.svc.<kind>.<endpoint>``, one of its workers
+    answers): the reply's body. No worker, no answer in ``timeout`` or a lost connection
+    is ``Unavailable``; the worker's error answer is a ``MorganError`` with its code."""
+    subject = f"{prefix}.svc.{kind}.{endpoint}"
+    try:
+        reply = await nc.request(subject, body, timeout=timeout)
+    except (NatsError, TimeoutError) as exc:
+        raise Unavailable(f"{kind}.{endpoint}: no answer ({type(exc).__name__})") from exc
+    headers = reply.headers or {}
+    if SERVICE_ERROR_CODE in headers:
+        message = headers.get(SERVICE_ERROR, "failed")
+        raise MorganError(
+            f"{kind}.{endpoint}: {message}", retryable=False, code=headers[SERVICE_ERROR_CODE]
+        )
+    return reply.data

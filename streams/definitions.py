@@ -152,8 +152,6 @@ SESSIONS = "MORGAN_SESSIONS"
 """KV: the gateway's session book (owner key and hashed resume token per session)."""
 CONFIG = "MORGAN_CONFIG"
 """KV: live configuration when no Consul is configured (streams.config_source)."""
-DIALOG = "MORGAN_DIALOG"
-"""KV: each session's last exchanges, the LLM's dialog memory."""
 
 
 def bucket_configs(settings: Settings) -> dict[str, KeyValueConfig]:
@@ -167,13 +165,6 @@ def bucket_configs(settings: Settings) -> dict[str, KeyValueConfig]:
             bucket=SESSIONS, ttl=settings.events_max_age_s, replicas=replicas, storage=file
         ),
         CONFIG: KeyValueConfig(bucket=CONFIG, history=5, replicas=replicas, storage=file),
-        DIALOG: KeyValueConfig(
-            bucket=DIALOG,
-            history=1,
-            ttl=settings.events_max_age_s,
-            replicas=replicas,
-            storage=file,
-        ),
     }
 
 

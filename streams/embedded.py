@@ -102,6 +102,13 @@ class EmbeddedNats:
         await self.stop()
 
 
+SYNC_INTERVAL = "1s"
+"""How often JetStream fsyncs its store. nats-server's default (2 minutes) acknowledges
+writes that a power cut can still lose (Jepsen, NATS 2.12.1, 2025); EVENTS is the
+history's write queue, so Morgan's servers bound that window to about a second, as
+deploy/nats/*.conf do (the trade-off is measured there)."""
+
+
 def config_text(
     *,
     host: str,
@@ -146,7 +153,7 @@ async def start(
     http_port: int = 0,
     server_name: str = "morgan",
     cluster: ClusterConfig | None = None,
-    sync_interval: str = "2m",
+    sync_interval: str = SYNC_INTERVAL,
     timeout: float = 10.0,
 ) -> EmbeddedNats:
     store_dir.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,10 @@ class Settings(BaseSettings):
     claim_ack_wait_s: float = Field(0.0, ge=0)
     """Seconds before a dead worker's session claim moves to another worker; 0 (default) =
     the kind's declared ack wait (4 s for the VAD). Env: MORGAN_CLAIM_ACK_WAIT_S."""
-    kinds: str = "vad,stt,llm,tts"
+    kinds: str = "vad,stt,llm,tts,history,memory"
     """Comma-separated processor kinds ``morgan up`` starts, one worker each: the built-in
     ones and any installed under the entry-point group ``morgan.processors`` (default the
-    shipped pipeline). Env: MORGAN_KINDS."""
+    shipped pipeline and the data layer's history and memory). Env: MORGAN_KINDS."""
     routes: str = ""
     """Route table overrides, ``sender:type=kind`` comma-separated (``*`` = any sender),
     e.g. ``stt:llm.request=redact`` to put a ``redact`` kind between STT and the LLM;
@@ -76,7 +76,10 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     """Gateway port. Env: MORGAN_HTTP_PORT."""
     api_keys: str = Field("", repr=False)
-    """Comma-separated API keys; empty = no auth. Env: MORGAN_API_KEYS."""
+    """Comma-separated API keys, each ``key`` or ``user:key`` (the user whose sessions,
+    conversations and memories the key reaches; a key without one is its own user,
+    ``k-`` + 16 hex digits of its hash); empty = no auth, and every client is the user
+    ``local``. Env: MORGAN_API_KEYS."""
     max_queue_depth: int = Field(50, ge=1)
     """Pending work past which new requests get 503. Env: MORGAN_MAX_QUEUE_DEPTH."""
     retry_after_s: int = Field(5, ge=1)
@@ -178,6 +181,48 @@ class Settings(BaseSettings):
     first_clause_words: int = Field(6, ge=0)
     """Speak the first clause early once it has this many words; 0 = whole sentences."""
 
+    # --- data layer (docs/data.md) ---
+    database_url: str = Field("", repr=False)
+    """PostgreSQL DSN for conversation history (L3), e.g. ``postgresql://morgan@db1:5432,
+    db2:5432/morgan?target_session_attrs=read-write`` (several hosts: the one that takes
+    writes is used, so a promoted replica is found without a restart); empty (default) =
+    no history (``morgan up`` starts an embedded PostgreSQL). Env: MORGAN_DATABASE_URL."""
+    database_read_url: str = Field("", repr=False)
+    """DSN for reading conversations (the API, the LLM's cold context); may name replicas
+    (``target_session_attrs=prefer-standby``); empty (default) = ``database_url``.
+    Env: MORGAN_DATABASE_READ_URL."""
+    database_pool_size: int = Field(4, ge=1)
+    """Connections in one process's PostgreSQL pool, most (default 4).
+    Env: MORGAN_DATABASE_POOL_SIZE."""
+    redis_url: str = Field("", repr=False)
+    """Redis for the context cache (L2), ``redis://host:6379/0``; empty (default) = no L2
+    (L1 and L3 only). Env: MORGAN_REDIS_URL."""
+    redis_cluster_nodes: str = ""
+    """Comma-separated ``host:port`` of Redis Cluster nodes; set, it is used instead of
+    ``redis_url``. Env: MORGAN_REDIS_CLUSTER_NODES."""
+    context_l1_ttl_s: float = Field(300.0, gt=0)
+    """Seconds a session's context stays in a process's own cache (L1). Env:
+    MORGAN_CONTEXT_L1_TTL_S."""
+    context_l1_sessions: int = Field(1024, ge=1)
+    """Sessions one process's L1 holds, most (least recently used go first). Env:
+    MORGAN_CONTEXT_L1_SESSIONS."""
+    context_l2_ttl_s: float = Field(3600.0, gt=0)
+    """Seconds a session's context stays in Redis (L2) after its last turn. Env:
+    MORGAN_CONTEXT_L2_TTL_S."""
+    qdrant_url: str = ""
+    """Qdrant server for long-term memory, ``http://host:6333``; empty = local mode in
+    ``qdrant_path`` when that is set. Env: MORGAN_QDRANT_URL."""
+    qdrant_path: str = ""
+    """Folder for qdrant-client's local mode (one memory worker only); empty with no
+    ``qdrant_url`` = no long-term memory (``morgan up`` uses ``<data_dir>/qdrant``).
+    Env: MORGAN_QDRANT_PATH."""
+    memory_recall: int = Field(3, ge=0)
+    """Memories of the user put into the LLM prompt, most (default 3; 0 = none). Env:
+    MORGAN_MEMORY_RECALL."""
+    memory_recall_timeout_s: float = Field(0.3, gt=0)
+    """How long the LLM waits for the memory service's answer before it answers without
+    memories, seconds (default 0.3). Env: MORGAN_MEMORY_RECALL_TIMEOUT_S."""
+
     # --- consul, registry, live config (docs/consul.md); Consul's own env names ---
     consul_http_addr: str = Field(
         "", validation_alias=AliasChoices("CONSUL_HTTP_ADDR", "consul_http_addr")
@@ -264,8 +309,22 @@ class Settings(BaseSettings):
         return [u.strip() for u in self.nats_url.split(",") if u.strip()]
 
     @property
+    def api_key_users(self) -> dict[str, str]:
+        """Each configured API key -> its user id ("" = the key's own, see ``api_keys``)."""
+        users: dict[str, str] = {}
+        for item in filter(None, (k.strip() for k in self.api_keys.split(","))):
+            user, colon, key = item.rpartition(":")
+            users[key.strip() if colon else item] = user.strip()
+        return users
+
+    @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        return frozenset(self.api_key_users)
+
+    @property
+    def read_url(self) -> str:
+        """Where conversations are read from."""
+        return self.database_read_url or self.database_url
 
     @property
     def kind_list(self) -> tuple[str, ...]:

@@ -15,11 +15,23 @@ export MORGAN_REPLICAS="${MORGAN_REPLICAS:-3}"
 export MORGAN_TIERS="${MORGAN_TIERS:-}"
 export MORGAN_DATA_DIR="${MORGAN_DATA_DIR:-$HOME/.morgan/data}"
 export CONSUL_HTTP_ADDR="${CONSUL_HTTP_ADDR:-http://cpu-linux:8500}"
+# The data layer, as in deploy/compose/*.yml: the LLM reads its context from Redis and
+# PostgreSQL (writes go to whichever Patroni member takes them, reads prefer the standby).
+export MORGAN_DATABASE_URL="${MORGAN_DATABASE_URL:-postgresql://morgan@cpu-linux:5432,gpu-linux:5432/morgan?target_session_attrs=read-write}"
+export MORGAN_DATABASE_READ_URL="${MORGAN_DATABASE_READ_URL:-postgresql://morgan@cpu-linux:5432,gpu-linux:5432/morgan?target_session_attrs=prefer-standby}"
+export MORGAN_REDIS_CLUSTER_NODES="${MORGAN_REDIS_CLUSTER_NODES:-cpu-linux:6379,gpu-linux:6379,gpu-wsl:6379}"
+export MORGAN_QDRANT_URL="${MORGAN_QDRANT_URL:-http://qdrant:6333}"
 # The Consul token lives in the login keychain, not in a file:
 #   security add-generic-password -a "$USER" -s morgan-consul-token -w <token>
 if [ -z "${CONSUL_HTTP_TOKEN:-}" ]; then
     CONSUL_HTTP_TOKEN=$(security find-generic-password -a "$USER" -s morgan-consul-token -w 2>/dev/null || true)
     export CONSUL_HTTP_TOKEN
+fi
+# So does the password of PostgreSQL's role "morgan" (asyncpg reads PGPASSWORD):
+#   security add-generic-password -a "$USER" -s morgan-pgpassword -w <password>
+if [ -z "${PGPASSWORD:-}" ]; then
+    PGPASSWORD=$(security find-generic-password -a "$USER" -s morgan-pgpassword -w 2>/dev/null || true)
+    export PGPASSWORD
 fi
 
 exec "$venv/bin/python" -m processors "$kind"

@@ -74,7 +74,10 @@ function reply(turn) {
 }
 
 function onEvent(msg) {
-  if (typeof msg.id === "number") state.lastEvent = Math.max(state.lastEvent, msg.id);
+  if (typeof msg.id === "number") {  // MAX_SAFE_INTEGER: "I have all so far" (history.js)
+    const seen = state.lastEvent === Number.MAX_SAFE_INTEGER ? 0 : state.lastEvent;
+    state.lastEvent = Math.max(seen, msg.id);
+  }
   switch (msg.type) {
     case "session.ready":
       state.sessionId = msg.session_id;

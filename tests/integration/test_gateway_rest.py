@@ -207,7 +207,12 @@ async def test_api_needs_a_valid_key_when_keys_are_configured(
 async def test_health_reports_nats_and_queue_depth(http: httpx.AsyncClient) -> None:
     response = await http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "nats": "connected", "queue_depth": 0}
+    assert response.json() == {
+        "status": "ok",
+        "nats": "connected",
+        "queue_depth": 0,
+        "stores": {"postgres": "none", "redis": "none"},  # none configured
+    }
 
 
 async def test_metrics_count_sessions_frames_and_rejections(

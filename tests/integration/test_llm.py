@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from processors import llm, llm_backends
-from processors.dialog_memory import DialogMemory, Exchange
+from processors.runtime import Worker
 from processors.spec import Spec
 from schemas import (
     Cancel,
@@ -27,6 +26,8 @@ from schemas import (
     Subjects,
     TtsRequest,
 )
+from store.context_cache import ContextCache
+from store.records import Exchange
 from streams import bus, definitions
 from streams.config_source import ensure_bucket
 from streams.settings import Settings
@@ -53,19 +54,17 @@ def model() -> Iterator[llm_backends.LocalBackend]:
 def spec_for(model: llm_backends.LocalBackend, settings: Settings) -> Spec:
     """The real llm SPEC, sharing the module's model, with ``settings``' limits."""
 
-    async def preloaded(s: Settings, tiers: tuple[str, ...]) -> llm_backends.LocalBackend:
-        return llm_backends.LocalBackend(model.llama, model.path, s)
+    async def preloaded(s: Settings, tiers: tuple[str, ...]) -> llm.LlmState:
+        backend = llm_backends.LocalBackend(model.llama, model.path, s)
+        return llm.LlmState(backend, ContextCache(s, None))
 
     return dataclasses.replace(llm.SPEC, load=preloaded)
 
 
-async def open_memory(js: JetStreamContext, settings: Settings) -> DialogMemory:
-    return DialogMemory(await definitions.key_value(js, settings, definitions.DIALOG))
-
-
-@pytest_asyncio.fixture
-async def memory(js: JetStreamContext, settings: Settings) -> DialogMemory:
-    return await open_memory(js, settings)
+async def remembered(worker: Worker, sid: str) -> list[tuple[str, str, str]]:
+    """The session's exchanges in the worker's context cache, without their times."""
+    found = await worker.state.context.recent(sid, 32)
+    return [(e.turn, e.user, e.assistant) for e in found]
 
 
 async def events(js: JetStreamContext, sid: str, kind: str) -> list[Message]:
@@ -119,56 +118,27 @@ async def test_cancel_mid_stream_stops_generation_and_emits_reply_cancelled(
         cancelled = await inbox.next(ReplyCancelled, timeout=30)
         await until(lambda: settled(js))
         assert (worker.handled, worker.failed) == (1, 0)
-    assert cancelled == ReplyCancelled("s2", "t1", reason="barge-in")
+        tts = await stored(js, definitions.WORK, S.work("tts", "cpu"))
+        spoken = [r.text for r in tts if isinstance(r, TtsRequest)]
+        assert await remembered(worker, "s2") == [("t1", STORY, cancelled.spoken)]
+    assert cancelled.reason == "barge-in"
+    assert cancelled.spoken == " ".join(t.strip() for t in spoken)  # what TTS was given
     assert await events(js, "s2", "reply.done") == []
     assert len(await events(js, "s2", "reply.delta")) < 100  # stopped well before 400 tokens
-    assert await (await open_memory(js, settings)).history("s2") == []
 
 
-async def test_second_turn_prompt_holds_the_first_exchange_from_dialog_memory(
-    settings: Settings, js: JetStreamContext, model: llm_backends.LocalBackend, memory: DialogMemory
+async def test_second_turn_is_answered_from_the_first_exchange_in_the_context_cache(
+    settings: Settings, js: JetStreamContext, model: llm_backends.LocalBackend
 ) -> None:
-    async with running(spec_for(model, settings), settings):
+    async with running(spec_for(model, settings), settings) as worker:
         await request(js, "s3", "t1", "My name is Zed.")
         await until(lambda: settled(js))
         [first] = await events(js, "s3", "reply.done")
-        assert isinstance(first, ReplyDone)
-        assert await memory.history("s3") == [Exchange("t1", "My name is Zed.", first.text.strip())]
-        second = LlmRequest("s3", "t2", "What is my name?")
-        assert await llm.messages_for(second, memory, settings) == [
-            {"role": "system", "content": settings.llm_system_prompt},
-            {"role": "user", "content": "My name is Zed."},
-            {"role": "assistant", "content": first.text.strip()},
-            {"role": "user", "content": "What is my name?"},
-        ]
+        assert isinstance(first, ReplyDone) and first.asked == "My name is Zed."
+        assert await remembered(worker, "s3") == [("t1", "My name is Zed.", first.text.strip())]
         await request(js, "s3", "t2", "What is my name?")
         await until(lambda: settled(js))
-    assert [e.turn for e in await memory.history("s3")] == ["t1", "t2"]
-
-
-async def test_prompt_keeps_the_last_history_turns_and_leaves_out_the_request_own_turn(
-    settings: Settings, memory: DialogMemory
-) -> None:
-    for n in range(1, 6):
-        await memory.save("s4", Exchange(f"t{n}", f"q{n}", f"a{n}"))
-    await memory.save("s4", Exchange("t2", "q2", "a2 again"))  # a redelivered turn: replaced
-    assert [e.turn for e in await memory.history("s4")] == ["t1", "t3", "t4", "t5", "t2"]
-    two = settings.model_copy(update={"llm_history_turns": 2})
-    messages = await llm.messages_for(LlmRequest("s4", "t5", "q5"), memory, two)
-    assert [m["content"] for m in messages[1:]] == ["q4", "a4", "q2", "a2 again", "q5"]
-    none = settings.model_copy(update={"llm_history_turns": 0})
-    assert len(await llm.messages_for(LlmRequest("s4", "t6", "hi"), memory, none)) == 2
-
-
-async def test_dialog_memory_bucket_is_created_once_and_shared(
-    settings: Settings, js: JetStreamContext
-) -> None:
-    kv = await definitions.key_value(js, settings, definitions.DIALOG)
-    await DialogMemory(kv).save("odd.sid with spaces", Exchange("t1", "hi", "hello"))
-    second = await open_memory(js, settings)
-    assert await second.history("odd.sid with spaces") == [Exchange("t1", "hi", "hello")]
-    status = await kv.status()
-    assert status.ttl == settings.events_max_age_s
+        assert [turn for turn, _, _ in await remembered(worker, "s3")] == ["t1", "t2"]
 
 
 async def test_sentences_go_to_the_gpu_tier_while_a_gpu_tts_worker_pulls(

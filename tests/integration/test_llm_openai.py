@@ -72,16 +72,11 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @asynccontextmanager
 async def openai_worker(settings: Settings) -> AsyncIterator[Worker]:
-    """The real llm SPEC with the openai backend; its HTTP client is closed afterwards."""
+    """The real llm SPEC with the openai backend; its unload closes the HTTP client."""
     assert settings.llm_backend == "openai"
-    backend = None
-    try:
-        async with running(llm.SPEC, settings) as worker:
-            backend = worker.state
-            yield worker
-    finally:  # after the worker has stopped: nothing uses the client any more
-        if isinstance(backend, llm_backends.OpenAIBackend):
-            await backend.aclose()
+    async with running(llm.SPEC, settings) as worker:
+        assert isinstance(worker.state.backend, llm_backends.OpenAIBackend)
+        yield worker
 
 
 def openai_settings(settings: Settings, url: str, **update: object) -> Settings:
@@ -108,7 +103,8 @@ async def test_openai_backend_streams_the_reply_from_a_real_server(
 ) -> None:
     settings = openai_settings(settings, llm_server)
     async with openai_worker(settings) as worker:
-        assert worker.spec.describe(worker.state) == f"openai-compatible smollm2 at {llm_server}"
+        described = f"openai-compatible smollm2 at {llm_server}; context L1"
+        assert worker.spec.describe(worker.state) == described
         done = await ask(js, "o1", "What can you do for me?")
     deltas = await stored(js, definitions.EVENTS, S.events("o1", "reply.delta"))
     tts = await stored(js, definitions.WORK, S.work("tts", "cpu"))

@@ -37,10 +37,15 @@ async def running(
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(worker.serve(stop, ready))
     waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, waiter}, timeout=300, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         waiter.cancel()
         task.result()  # raises what made it fail
+    if not waiter.done():  # still loading its models: say so rather than go on unready
+        waiter.cancel()
+        stop.set()
+        task.cancel()
+        raise TimeoutError(f"{spec.kind} worker not ready after 300 s")
     try:
         yield worker
     finally:

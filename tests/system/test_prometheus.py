@@ -1,17 +1,23 @@
 """A real Prometheus (Debian's ``prometheus``) scrapes ``morgan up``; every PromQL
 expression in deploy/monitoring/ evaluates and returns data after real turns.
 
-``morgan up`` runs with MORGAN_METRICS_PORT: its n-th kind serves /metrics on that port
-+ 1 + n, the gateway on its HTTP port. Prometheus scrapes them every second with a
-config derived from deploy/monitoring/prometheus.yml: the same jobs, metrics paths,
-``honor_labels`` and relabelling, with each Consul service replaced by a static target
-that carries the ``__meta_consul_*`` labels Consul would give it, and the shipped
-alerts.yml as its rule file. After one client mistake (an unknown message type, which
-the gateway rejects: rejection reasons are open-ended, so their series appear when
-first seen), one spoken and one typed turn, every dashboard panel's query and every
-alert rule is sent to /api/v1/query. Series whose label values are known in advance
-(a processor's outcomes per kind and tier, the gateway's turn outcomes) must exist at
-zero from the start, so a rate or ratio of something that has not happened reads 0.
+``morgan up`` runs every kind of ``Settings().kind_list`` (MORGAN_KINDS, default the
+shipped pipeline and the data layer's history and memory) with MORGAN_METRICS_PORT: its
+n-th kind serves /metrics on that port + 1 + n, the gateway on its HTTP port. Prometheus
+scrapes them every second with a config derived from deploy/monitoring/prometheus.yml:
+every job that finds Morgan in Consul, with its metrics path, params, ``honor_labels``
+and relabelling, each Consul service replaced by a static target that carries the
+``__meta_consul_*`` labels Consul SD would give it (node, service, tags, and the health
+of its passing TTL check), and the shipped alerts.yml as its rule file. The job that
+probes each gateway's /health goes through a real blackbox exporter (Debian's
+``prometheus-blackbox-exporter``) running the shipped deploy/monitoring/blackbox.yml,
+at the address the shipped relabelling names ``blackbox:9115``. After one client
+mistake (an unknown message type, which the gateway rejects: rejection reasons are
+open-ended, so their series appear when first seen), one spoken and one typed turn,
+every dashboard panel's query and every alert rule is sent to /api/v1/query. Series
+whose label values are known in advance (a processor's outcomes per kind and tier, the
+gateway's turn outcomes) must exist at zero from the start, so a rate or ratio of
+something that has not happened reads 0.
 
 Dashboard queries must return data as they are. An alert expression is a condition,
 empty while all is well (``x > 3``), so what must return data is what it watches:
@@ -22,14 +28,15 @@ the expression with its condition taken away, by these rules (``watched``):
     absent(a)                ->  watched(a)    what must exist for the alert to keep quiet
 
 That a condition is false on this healthy, CPU-only ``morgan up`` is asserted too, for
-the alerts that say something is missing (``QUIET``); a condition that can fire here
-for good reason (``MorganGpuTierDown`` on a host without a GPU, and a slow turn on a
-loaded CPU) is only evaluated.
+the alerts that say something is missing, broken or behind (``QUIET``); a condition that
+can fire here for good reason (``MorganGpuTierDown`` on a host without a GPU, and a slow
+turn on a loaded CPU) is only evaluated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import shutil
@@ -47,21 +54,41 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from gateway import presence
 from processors import hardware, registry
+from streams.registry import PASSING, service_name, service_tags
+from streams.settings import Settings
 from testbed.audio import silence, speak
 from testbed.morgan_process import ROOT, MorganUp, VoiceClient, free_port
 
 pytestmark = pytest.mark.system
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
+BLACKBOX = shutil.which("prometheus-blackbox-exporter")
 MONITORING = ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "morgan-overview.json"
 RULES = MONITORING / "alerts.yml"
-KINDS = ("vad", "stt", "llm", "tts")
+BLACKBOX_CONFIG = MONITORING / "blackbox.yml"
+KINDS = Settings().kind_list
+"""The kinds ``morgan up`` starts by default (or as MORGAN_KINDS says), one worker each."""
+GATEWAY = service_name("gateway")
 HOST = "test-host"
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "15s", "$__range": "5m"}
 """Grafana's built-in variables, as a 5-minute view has them; any other ``$`` fails."""
-QUIET = {"MorganTargetDown", "MorganKindWithoutWorker", "MorganNoGateway", "MorganWorkBacklog"}
+QUIET = {
+    "MorganTargetDown",
+    "MorganKindWithoutWorker",
+    "MorganNoGateway",
+    "MorganGatewayUnavailable",
+    "MorganWorkBacklog",
+    # The data layer: the embedded PostgreSQL and Qdrant's local mode are up, so history
+    # and memory take each event at once and write it the first time ...
+    "MorganHistoryBehind",
+    "MorganDataWritesFailing",
+    # ... every process's Consul check passes, and the gateway's /health says "ok".
+    "MorganStoreUnreachable",
+    "MorganGatewayDegraded",
+}
 """Alerts that must not fire on a healthy ``morgan up`` that has spoken one turn."""
 TURN_S = 90.0
 SCRAPE_S = 30.0
@@ -85,39 +112,90 @@ def _free(port: int) -> bool:
     return True
 
 
-def consul_tags(kind: str) -> str:
-    """``__meta_consul_tags`` as Consul SD gives it for this host's worker of ``kind``
-    (tags of streams/registry.py's ``service_tags``, joined and wrapped in commas)."""
-    tiers = hardware.detect().tiers if registry.is_tiered(kind) else ()
-    tags = [kind, *(f"tier={t}" for t in tiers)]
-    return "," + ",".join(tags) + ","
+def consul_services(http_port: int, metrics_port: int) -> dict[str, dict[str, str]]:
+    """Consul service -> the one target Consul SD gives for it on this host: its
+    ``__address__`` and ``__meta_consul_*`` labels. Tags are streams/registry.py's
+    ``service_tags`` as the processes register them (processors/announce.py,
+    gateway/presence.py), joined and wrapped in commas; health is what a healthy
+    process's TTL check reports."""
+    hw = hardware.detect()
+    tags = {
+        GATEWAY: service_tags(
+            "gateway",
+            tier_tags=(),
+            hw_tags={"os": hw.os, "arch": hw.arch},
+            model="",
+            extra_tags=presence.traefik_tags(http_port),
+        )
+    }
+    addresses = {GATEWAY: f"127.0.0.1:{http_port}"}
+    for i, kind in enumerate(KINDS):
+        tags[service_name(kind)] = service_tags(
+            kind,
+            tier_tags=hw.tiers if registry.is_tiered(kind) else (),
+            hw_tags={"cuda": hw.cuda_devices > 0, "os": hw.os, "arch": hw.arch},
+            model="",
+        )
+        addresses[service_name(kind)] = f"127.0.0.1:{metrics_port + 1 + i}"
+    return {
+        service: {
+            "__address__": addresses[service],
+            "__meta_consul_node": HOST,
+            "__meta_consul_service": service,
+            "__meta_consul_tags": "," + ",".join(tags[service]) + ",",
+            "__meta_consul_health": PASSING,
+        }
+        for service in addresses
+    }
 
 
-def scrape_config(http_port: int, metrics_port: int) -> dict[str, Any]:
-    """deploy/monitoring/prometheus.yml for this ``morgan up``: its jobs with static
-    targets in place of Consul, scraped every second."""
+def probe_timeout(job: dict[str, Any]) -> str:
+    """The timeout of the blackbox module a probing job asks for (blackbox.yml)."""
+    (module,) = job["params"]["module"]
+    timeout: str = yaml.safe_load(BLACKBOX_CONFIG.read_text())["modules"][module]["timeout"]
+    return timeout
+
+
+def scrape_config(http_port: int, metrics_port: int, blackbox: str) -> dict[str, Any]:
+    """deploy/monitoring/prometheus.yml for this ``morgan up``: its jobs that find Morgan
+    in Consul, with static targets in place of Consul, scraped every second; a probing
+    job (through the blackbox exporter) as often as its probe may take, and sent to
+    ``blackbox`` (host:port) rather than the compose service ``blackbox:9115``."""
     shipped = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    jobs = {job["job_name"]: job for job in shipped["scrape_configs"]}
-    services = {"morgan-gateway": [f"127.0.0.1:{http_port}"]}
-    services |= {f"morgan-{k}": [f"127.0.0.1:{metrics_port + 1 + i}"] for i, k in enumerate(KINDS)}
+    services = consul_services(http_port, metrics_port)
+    known = {GATEWAY} | {service_name(k) for k in registry.kinds()}
+    scraped: set[str] = set()
     scrape = []
-    for name in ("morgan-gateway", "morgan-processors"):
-        job = dict(jobs[name])
+    for shipped_job in shipped["scrape_configs"]:
+        if "consul_sd_configs" not in shipped_job:
+            continue  # traefik, consul, prometheus itself: not part of morgan up
+        job = dict(shipped_job)
         (consul,) = job.pop("consul_sd_configs")
-        assert set(consul["services"]) <= set(services), consul["services"]
+        assert set(consul["services"]) <= known, (job["job_name"], consul["services"])
+        scraped |= set(consul["services"])
         job["static_configs"] = [
             {
-                "targets": services[service],
-                "labels": {
-                    "__meta_consul_node": HOST,
-                    "__meta_consul_service": service,
-                    "__meta_consul_tags": consul_tags(service.removeprefix("morgan-")),
-                },
+                "targets": [services[service]["__address__"]],
+                "labels": {k: v for k, v in services[service].items() if k != "__address__"},
             }
             for service in consul["services"]
+            if service in services  # Consul has no instance of a kind that is not run
         ]
         job["scrape_interval"] = job["scrape_timeout"] = "1s"
+        if job.get("metrics_path") == "/probe":
+            rules = job["relabel_configs"]
+            to_exporter = [
+                i
+                for i, rule in enumerate(rules)
+                if rule.get("target_label") == "__address__" and "source_labels" not in rule
+            ]
+            assert len(to_exporter) == 1, (job["job_name"], rules)
+            rules = list(rules)
+            rules[to_exporter[0]] = {**rules[to_exporter[0]], "replacement": blackbox}
+            job["relabel_configs"] = rules
+            job["scrape_interval"] = job["scrape_timeout"] = probe_timeout(job)
         scrape.append(job)
+    assert set(services) <= scraped, f"not scraped: {sorted(set(services) - scraped)}"
     return {
         "global": {**shipped["global"], "scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
@@ -125,8 +203,17 @@ def scrape_config(http_port: int, metrics_port: int) -> dict[str, Any]:
     }
 
 
+def target_count(config: dict[str, Any]) -> int:
+    """How many targets ``config`` scrapes: all of them ``morgan-*`` jobs."""
+    jobs = config["scrape_configs"]
+    assert all(job["job_name"].startswith("morgan-") for job in jobs), jobs
+    return sum(len(static["targets"]) for job in jobs for static in job["static_configs"])
+
+
 @dataclass
-class Prometheus:
+class Daemon:
+    """A server this module started, and the file its output goes to."""
+
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
@@ -135,10 +222,37 @@ class Prometheus:
         return self.log.read_text(errors="replace")[-4000:]
 
 
+@dataclass
+class Prometheus(Daemon):
+    targets: int
+    """How many targets it scrapes: each is up once it answers."""
+
+
+@contextlib.contextmanager
+def daemon(argv: list[str], port: int, log: Path, ready: str) -> Iterator[Daemon]:
+    """Run ``argv`` (listening on ``port``) until the block ends, once GET ``ready``
+    answers 200."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        started = Daemon(proc, f"http://127.0.0.1:{port}", log)
+        wait_ready(started, ready)
+        yield started
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
 def morgan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MorganUp, int]]:
     if PROMETHEUS is None or PROMTOOL is None:
         pytest.fail("Debian's prometheus is not installed: scripts/setup --test")
+    if BLACKBOX is None:
+        pytest.fail("Debian's prometheus-blackbox-exporter is not installed: scripts/setup --test")
     base = metrics_base()
     up = MorganUp(
         tmp_path_factory.mktemp("morgan"),
@@ -155,54 +269,56 @@ def morgan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MorganUp,
 
 
 @pytest.fixture(scope="module")
+def blackbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The blackbox exporter with the shipped blackbox.yml."""
+    assert BLACKBOX is not None
+    tmp = tmp_path_factory.mktemp("blackbox")
+    port = free_port()
+    argv = [
+        BLACKBOX,
+        f"--config.file={BLACKBOX_CONFIG}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with daemon(argv, port, tmp / "blackbox.log", "/-/healthy") as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
 def prometheus(
-    morgan: tuple[MorganUp, int], tmp_path_factory: pytest.TempPathFactory
+    morgan: tuple[MorganUp, int], blackbox: Daemon, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     up, base = morgan
     tmp = tmp_path_factory.mktemp("prometheus")
     config = tmp / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(up.http_port, base), sort_keys=False))
+    settings = scrape_config(up.http_port, base, blackbox.url.removeprefix("http://"))
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
     assert PROMETHEUS is not None and PROMTOOL is not None
     for check in (["check", "config", str(config)], ["check", "rules", str(RULES)]):
         done = subprocess.run([PROMTOOL, *check], capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
     port = free_port()
-    log = tmp / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc, log)
-        yield Prometheus(proc, url, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    argv = [
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with daemon(argv, port, tmp / "prometheus.log", "/-/ready") as started:
+        yield Prometheus(started.proc, started.url, started.log, target_count(settings))
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
-    """Until Prometheus answers ``/-/ready`` (it binds its port after opening its TSDB)."""
+def wait_ready(server: Daemon, path: str, timeout_s: float = 60) -> None:
+    """Until ``server`` answers GET ``path`` with 200 (Prometheus binds its port after
+    opening its TSDB, then answers ``/-/ready``; the blackbox exporter ``/-/healthy``)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
+        assert server.proc.poll() is None, server.output()
         try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline, f"prometheus not ready in {timeout_s} s"
+        assert time.monotonic() < deadline, f"{server.log.stem} not ready in {timeout_s} s"
         time.sleep(0.2)
 
 
@@ -306,7 +422,7 @@ async def test_every_dashboard_and_alert_query_returns_data_after_a_turn(
     morgan: tuple[MorganUp, int], prometheus: Prometheus, http: httpx.AsyncClient
 ) -> None:
     up, _ = morgan
-    await until(http, 'count(up{job=~"morgan-.*"} == 1) == 5', prometheus)
+    await until(http, f'count(up{{job=~"morgan-.*"}} == 1) == {prometheus.targets}', prometheus)
     client = await VoiceClient.open(up.url)
     await client.ws.send(json.dumps({"type": "nonsense"}))  # one client mistake: a rejection
     await client.wait_for(lambda: client.first("error") is not None, TURN_S)
@@ -319,6 +435,9 @@ async def test_every_dashboard_and_alert_query_returns_data_after_a_turn(
         seen = f'morgan_gateway_first_audio_seconds_count{{input="{source}"}} > 0'
         await until(http, seen, prometheus)
     await until(http, 'morgan_processor_messages_total{kind="tts", outcome="ok"}', prometheus)
+    # Every kind has taken a message: the event taps (history, memory) after the reply too.
+    took = 'count by (kind) (morgan_processor_queue_wait_seconds_count{job="morgan-processors"})'
+    await until(http, f"count({took} > 0) == {len(KINDS)}", prometheus)
 
     empty = []
     for title, expr in dashboard_queries():
@@ -362,15 +481,17 @@ async def test_prometheus_evaluates_every_shipped_alert_rule_without_error(
 async def test_targets_are_labelled_by_the_shipped_relabelling(
     prometheus: Prometheus, http: httpx.AsyncClient
 ) -> None:
-    await until(http, 'count(up{job=~"morgan-.*"} == 1) == 5', prometheus)
+    await until(http, f'count(up{{job=~"morgan-.*"}} == 1) == {prometheus.targets}', prometheus)
     gateway = await query(http, 'up{job="morgan-gateway"}')
-    assert [s["metric"]["host"] for s in gateway] == [HOST]
+    assert [(s["metric"]["host"], s["metric"]["consul_health"]) for s in gateway] == [
+        (HOST, PASSING)
+    ]
     labels = {
         s["metric"]["kind"]: s["metric"] for s in await query(http, "up{job='morgan-processors'}")
     }
     assert set(labels) == set(KINDS)
     for kind, metric in labels.items():
-        assert metric["host"] == HOST
+        assert (metric["host"], metric["consul_health"]) == (HOST, PASSING), metric
         tier = (
             ("gpu" if "gpu" in hardware.detect().tiers else "cpu")
             if registry.is_tiered(kind)
@@ -381,3 +502,17 @@ async def test_targets_are_labelled_by_the_shipped_relabelling(
     await until(http, "morgan_processor_model_load_seconds", prometheus)
     for sample in await query(http, "morgan_processor_model_load_seconds"):
         assert "exported_kind" not in sample["metric"], sample
+
+
+async def test_each_gateways_health_is_probed_through_the_blackbox_exporter(
+    morgan: tuple[MorganUp, int], prometheus: Prometheus, http: httpx.AsyncClient
+) -> None:
+    up, _ = morgan
+    await until(http, 'probe_success{job="morgan-gateway-health"} == 1', prometheus)
+    (probe,) = await query(http, 'probe_failed_due_to_regex{job="morgan-gateway-health"}')
+    # the gateway's own address, not the exporter's; its /health said "ok", not "degraded"
+    assert probe["metric"]["instance"] == f"127.0.0.1:{up.http_port}", probe
+    assert probe["metric"]["host"] == HOST, probe
+    assert probe["value"][1] == "0", probe
+    (status,) = await query(http, 'probe_http_status_code{job="morgan-gateway-health"}')
+    assert status["value"][1] == "200", status

@@ -153,15 +153,36 @@ def turn_trace(spans: list[Span], turn: str) -> list[Span]:
     return [s for s in spans if s.trace_id == trace_id]
 
 
+TAPS = {"morgan-history": 2, "morgan-memory": 1}
+"""The event taps in a turn's trace, and their spans per turn: history writes the
+transcript and the reply; memory embeds the reply."""
+
+
+def pipeline(spans: list[Span]) -> list[Span]:
+    return [s for s in spans if s.service not in TAPS]
+
+
 def reply_sent(turn: str, expected_spans: int) -> Callable[[list[Span]], bool]:
-    """True once ``turn``'s trace has its gateway.reply and ``expected_spans`` spans."""
+    """True once ``turn``'s trace has its gateway.reply, ``expected_spans`` pipeline spans
+    and every tap's spans."""
 
     def ready(spans: list[Span]) -> bool:
         roots = {s.trace_id for s in spans if s.attrs.get("morgan.turn") == turn}
         mine = [s for s in spans if s.trace_id in roots]
-        return any(s.name == "gateway.reply" for s in mine) and len(mine) >= expected_spans
+        taps = all(sum(s.service == tap for s in mine) >= n for tap, n in TAPS.items())
+        replied = any(s.name == "gateway.reply" for s in mine)
+        return replied and taps and len(pipeline(mine)) >= expected_spans
 
     return ready
+
+
+def assert_taps_join(trace: list[Span]) -> None:
+    """Each tap's spans hang off the span that published the event it took."""
+    ids = {s.span_id for s in trace}
+    for tap, n in TAPS.items():
+        spans = [s for s in trace if s.service == tap]
+        assert len(spans) == n, (tap, spans)
+        assert all(s.parent_id in ids for s in spans), spans
 
 
 def one(spans: list[Span], name: str) -> Span:
@@ -172,9 +193,10 @@ def one(spans: list[Span], name: str) -> Span:
 
 def assert_reply_tree(trace: list[Span], parent: Span, sentences: int, sid: str) -> None:
     """``parent`` -> llm.handle -> one tts.handle per sentence -> gateway.reply, and
-    nothing else in the trace."""
+    nothing else in the trace but the taps' spans."""
     llm = one(trace, "llm.handle")
     assert (llm.service, llm.parent_id) == ("morgan-llm", parent.span_id)
+    trace = pipeline(trace)
     tts = [s for s in trace if s.name == "tts.handle"]
     assert len(tts) == sentences >= 1, trace
     assert all((s.service, s.parent_id) == ("morgan-tts", llm.span_id) for s in tts), tts
@@ -206,7 +228,9 @@ async def test_a_spoken_turn_is_one_trace_from_the_vad_to_the_gateway_reply(
     stt = one(trace, "stt.handle")
     assert (stt.service, stt.parent_id) == ("morgan-stt", root.span_id)
     assert_reply_tree(trace, stt, sentences, client.sid)
-    assert len(trace) == 4 + sentences, trace  # turn, stt, llm, tts per sentence, reply
+    # turn, stt, llm, tts per sentence, reply; then the taps
+    assert len(pipeline(trace)) == 4 + sentences, trace
+    assert_taps_join(trace)
 
 
 async def test_a_typed_turn_is_one_trace_rooted_in_the_gateway(
@@ -232,4 +256,5 @@ async def test_a_typed_turn_is_one_trace_rooted_in_the_gateway(
         "morgan.input": "text",
     }
     assert_reply_tree(trace, root, sentences, client.sid)
-    assert len(trace) == 3 + sentences, trace  # turn, llm, tts per sentence, reply
+    assert len(pipeline(trace)) == 3 + sentences, trace  # turn, llm, tts per sentence, reply
+    assert_taps_join(trace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,22 @@ def stack() -> dict[str, Any]:
 def is_morgan(service: dict[str, Any]) -> bool:
     """A service running a Morgan image (as opposed to NATS, Postgres, ...)."""
     return "/morgan:" in str(service.get("image", ""))
+
+
+def morgan_services() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``where/name`` and the service, for every Morgan service in compose and the stack."""
+    for host in COMPOSE_HOSTS:
+        for name, svc in compose(host)["services"].items():
+            if is_morgan(svc):
+                yield f"{host}/{name}", svc
+    for name, svc in stack()["services"].items():
+        if is_morgan(svc):
+            yield f"swarm/{name}", svc
+
+
+def secret_names(service: dict[str, Any]) -> set[str]:
+    """The secrets a service mounts (short or long syntax)."""
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:

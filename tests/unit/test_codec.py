@@ -63,7 +63,13 @@ def test_binary_messages_carry_raw_bytes_not_base64() -> None:
 
 def test_json_messages_are_readable_json() -> None:
     _, body = encode(schemas.Transcript("s", "u1", "héllo"))
-    assert json.loads(body) == {"sid": "s", "turn": "u1", "text": "héllo", "stt_ms": 0.0}
+    assert json.loads(body) == {
+        "sid": "s",
+        "turn": "u1",
+        "text": "héllo",
+        "stt_ms": 0.0,
+        "typed": False,
+    }
 
 
 @given(st.binary(max_size=200), st.sampled_from([t.TYPE for t in ALL] + ["nope", ""]))

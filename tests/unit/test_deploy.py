@@ -9,6 +9,7 @@ check-jsonschema), the Swarm stack by the docker CLI's own loader, NATS configs 
 from __future__ import annotations
 
 import http.server
+import inspect
 import json
 import os
 import plistlib
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import hcl2
 import jsonschema
@@ -42,6 +44,8 @@ from tests.unit.deploy_helpers import (
     is_morgan,
     listening_ports,
     load_yaml,
+    morgan_services,
+    secret_names,
     stack,
 )
 
@@ -346,14 +350,17 @@ def test_stack_morgan_services_update_one_at_a_time_and_roll_back_on_failure() -
 
 def test_stack_keeps_api_keys_and_passwords_in_external_secrets() -> None:
     data = stack()
-    for name in ("MORGAN_API_KEYS", "MORGAN_LLM_API_KEY", "POSTGRES_PASSWORD"):
+    for name in ("MORGAN_API_KEYS", "MORGAN_LLM_API_KEY", "PGPASSWORD"):
         assert data["secrets"][name] == {"external": True}
-    assert data["services"]["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == (
-        "/run/secrets/POSTGRES_PASSWORD"
-    )
     assert data["networks"]["morgan"]["driver"] == "overlay"
     for conf in data["configs"].values():
         assert (DEPLOY / "swarm" / conf["file"]).is_file()
+
+
+def test_stack_morgan_services_run_streams_with_three_replicas() -> None:
+    for name, svc in stack()["services"].items():
+        if is_morgan(svc):
+            assert env_of(svc)["MORGAN_REPLICAS"] == "3", name
 
 
 def test_stack_runs_one_nats_node_per_labelled_host_with_its_config() -> None:
@@ -362,6 +369,240 @@ def test_stack_runs_one_nats_node_per_labelled_host_with_its_config() -> None:
         svc = services[f"nats-{n}"]
         assert svc["deploy"]["placement"]["constraints"] == [f"node.labels.morgan.nats == {n}"]
         assert svc["configs"] == [{"source": f"nats-{n}", "target": "/etc/nats/nats.conf"}]
+
+
+# ---- data layer: PostgreSQL under Patroni, Redis Cluster, Qdrant (docs/data.md) ---------
+
+ALWAYS_ON = ("gpu-linux", "gpu-wsl", "cpu-linux")
+"""The hosts that run a NATS node; the laptop comes and goes."""
+
+
+def patroni_members() -> set[str]:
+    """``host:port`` of each PostgreSQL that Patroni runs (deploy/patroni/<host>.yml)."""
+    members = set()
+    for path in sorted((DEPLOY / "patroni").glob("*.yml")):
+        conf = load_yaml(path)
+        if "scope" in conf and "postgresql" in conf:
+            members.add(str(conf["postgresql"]["connect_address"]))
+    return members
+
+
+def dsn(url: str) -> tuple[str, str | None, list[str], str, dict[str, list[str]]]:
+    """(user, password, hosts, database, query) of a multi-host PostgreSQL DSN."""
+    parts = urlsplit(url)
+    assert parts.scheme in ("postgresql", "postgres"), url
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = credentials.partition(":")
+    return user, password or None, hosts.split(","), parts.path.lstrip("/"), parse_qs(parts.query)
+
+
+def test_patroni_runs_postgresql_on_two_always_on_hosts_and_etcd_has_an_odd_quorum() -> None:
+    members = patroni_members()
+    assert len(members) == 2, members
+    assert {m.rsplit(":", 1)[0] for m in members} <= set(ALWAYS_ON)
+    etcd = load_yaml(DEPLOY / "patroni" / "etcd.yml")
+    voters = [m.split("=", 1)[0] for m in etcd["initial-cluster"].split(",")]
+    assert len(voters) % 2 == 1 and len(voters) >= 3, voters
+    assert set(voters) == set(ALWAYS_ON)  # one per host: losing any one keeps a quorum
+
+
+def test_every_service_with_a_database_names_both_members_and_writes_to_the_primary() -> None:
+    members = patroni_members()
+    users = []
+    for where, svc in morgan_services():
+        env = env_of(svc)
+        if "MORGAN_DATABASE_URL" not in env:
+            assert "MORGAN_DATABASE_READ_URL" not in env, where
+            continue
+        users.append(where)
+        user, password, hosts, database, query = dsn(env["MORGAN_DATABASE_URL"])
+        assert (user, password, database) == ("morgan", None, "morgan"), where
+        assert set(hosts) == members and len(hosts) == len(members), where
+        assert query == {"target_session_attrs": ["read-write"]}, where
+        # Reads (the conversations API, the LLM's cold context) may go to the standby.
+        user, password, hosts, database, query = dsn(env["MORGAN_DATABASE_READ_URL"])
+        assert (user, password, database) == ("morgan", None, "morgan"), where
+        assert set(hosts) == members, where
+        assert query == {"target_session_attrs": ["prefer-standby"]}, where
+        # The password comes from the PGPASSWORD secret (deploy/docker/entrypoint.sh).
+        assert "PGPASSWORD" in secret_names(svc), f"{where} has no PGPASSWORD secret"
+    assert len(users) >= 8, users  # not vacuous: gateways, LLMs and history everywhere
+
+
+def test_asyncpg_reads_the_shipped_dsns_with_the_password_from_pgpassword(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """How the deployed processes connect: asyncpg's own DSN parser (pinned asyncpg)."""
+    from asyncpg import connect_utils
+
+    parse: Any = vars(connect_utils)["_parse_connect_dsn_and_args"]  # not in the stubs
+    others = {name: None for name in inspect.signature(parse).parameters if name != "dsn"}
+    monkeypatch.setenv("PGPASSWORD", "from-the-secret")
+    env = env_of(compose("cpu-linux")["services"]["history"])
+    expected = sorted((h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in patroni_members())
+    for key, attrs in (
+        ("MORGAN_DATABASE_URL", "read_write"),
+        ("MORGAN_DATABASE_READ_URL", "prefer_standby"),
+    ):
+        addrs, params = parse(dsn=env[key], **others)
+        assert sorted(addrs) == expected
+        assert (params.user, params.password, params.database) == (
+            "morgan",
+            "from-the-secret",
+            "morgan",
+        )
+        assert params.target_session_attrs.name == attrs
+
+
+def test_no_deploy_file_holds_a_database_password() -> None:
+    texts = {
+        path: path.read_text()
+        for path in [
+            *(DEPLOY / "compose").glob("*.yml"),
+            DEPLOY / "swarm" / "stack.yml",
+            *(DEPLOY / "macos").iterdir(),
+            DEPLOY / "consul" / "kv-example.json",
+        ]
+    }
+    for path, text in texts.items():
+        assert not re.search(r"postgres(?:ql)?://[^/@\s\"]*:[^/@\s\"]*@", text), path
+        assert "POSTGRES_PASSWORD" not in text, f"{path}: PostgreSQL runs under Patroni"
+
+
+def compose_redis() -> dict[str, dict[str, Any]]:
+    """host -> its Redis service, for the compose files that run one."""
+    return {h: s["redis"] for h in COMPOSE_HOSTS if "redis" in (s := compose(h)["services"])}
+
+
+def redis_options(svc: dict[str, Any]) -> dict[str, str]:
+    command = [str(a) for a in svc["command"]]
+    assert command[0] == "redis-server" and len(command) % 2 == 1, command
+    return dict(zip(command[1::2], command[2::2], strict=True))
+
+
+def test_redis_cluster_runs_one_cache_node_on_each_always_on_host() -> None:
+    nodes = compose_redis()
+    assert sorted(nodes) == sorted(ALWAYS_ON)
+    for host, svc in nodes.items():
+        opts = redis_options(svc)
+        assert opts["--cluster-enabled"] == "yes", host
+        assert opts["--cluster-require-full-coverage"] == "no", host  # a dead node's keys only
+        assert (opts["--save"], opts["--appendonly"]) == ("", "no"), host  # a cache
+        assert opts["--maxmemory-policy"] == "allkeys-lru", host
+        # nodes.conf (the node's membership) survives a restart of the container.
+        assert (
+            opts["--cluster-config-file"] == "/data/nodes.conf"
+            and "redis-data:/data" in (svc["volumes"])
+        ), host
+        assert opts["--cluster-announce-ip"].startswith("${HOST_IP:?"), host
+        port = int(opts["--port"])
+        published = {tuple(str(p).rsplit(":", 2)[1:]) for p in svc["ports"]}
+        assert published == {(str(port), str(port)), (str(port + 10000), str(port + 10000))}
+        assert "cluster_state:ok" in " ".join(svc["healthcheck"]["test"]), host
+    swarm = stack()["services"]["redis"]
+    assert redis_options(swarm) | {"--cluster-announce-ip": ""} == redis_options(
+        nodes["cpu-linux"]
+    ) | {"--cluster-announce-ip": ""}
+    assert swarm["deploy"]["mode"] == "global"
+    assert swarm["deploy"]["placement"]["constraints"] == ["node.labels.morgan.redis == true"]
+    assert stack()["networks"][swarm["networks"][0]] == {"external": True, "name": "host"}
+
+
+def test_every_redis_client_lists_exactly_the_cluster_nodes_defined() -> None:
+    defined = {f"{host}:{redis_options(svc)['--port']}" for host, svc in compose_redis().items()}
+    clients = []
+    for where, svc in morgan_services():
+        env = env_of(svc)
+        assert "MORGAN_REDIS_URL" not in env, f"{where}: use the cluster"
+        if "MORGAN_REDIS_CLUSTER_NODES" in env:
+            clients.append(where)
+            listed = env["MORGAN_REDIS_CLUSTER_NODES"].split(",")
+            assert len(listed) == len(set(listed)) and set(listed) == defined, where
+    assert len(clients) >= 5, clients
+
+
+def test_memory_runs_beside_qdrant_and_every_service_names_the_same_qdrant() -> None:
+    urls = {
+        env_of(s)["MORGAN_QDRANT_URL"]
+        for _, s in morgan_services()
+        if "MORGAN_QDRANT_URL" in env_of(s)
+    }
+    assert len(urls) == 1, urls
+    url = urlsplit(urls.pop())
+    assert url.port == 6333
+    memory_hosts = []
+    for host in COMPOSE_HOSTS:
+        services = compose(host)["services"]
+        if any(s.get("command") == ["processors", "memory"] for s in services.values()):
+            memory_hosts.append(host)
+            qdrant = services[url.hostname]  # the compose service the URL names
+            assert "qdrant-data:/qdrant/storage" in qdrant["volumes"]
+            assert "ports" not in qdrant  # only the memory kind beside it reaches it
+    assert memory_hosts == ["cpu-linux"]  # one Qdrant, one memory worker beside it
+    services = stack()["services"]
+    assert (
+        services["memory"]["deploy"]["placement"]["constraints"]
+        == (services[str(url.hostname)]["deploy"]["placement"]["constraints"])
+    )
+
+
+def test_qdrant_image_matches_the_qdrant_client_minor_version() -> None:
+    client = pinned("qdrant-client").split(".")[:2]
+    for where, image in images():
+        if image.startswith("qdrant/qdrant:"):
+            server = image.split(":v", 1)[1].split(".")[:2]
+            assert server == client, f"{where}: {image} vs qdrant-client {client}"
+
+
+def test_every_data_service_keeps_its_data_in_a_named_volume() -> None:
+    for where, services in [
+        *((h, compose(h)["services"]) for h in COMPOSE_HOSTS),
+        ("swarm", stack()["services"]),
+    ]:
+        for name in ("redis", "qdrant"):
+            if name in services:
+                volumes = [str(v) for v in services[name]["volumes"]]
+                assert any(not v.startswith((".", "/")) for v in volumes), f"{where}/{name}"
+
+
+def test_events_stream_is_replicated_three_times_for_every_deployed_process() -> None:
+    from streams import definitions
+
+    for where, svc in morgan_services():
+        configs = {c.name: c for c in definitions.stream_configs(settings_from(env_of(svc)))}
+        assert configs[definitions.EVENTS].num_replicas == 3, where
+
+
+def test_blackbox_probe_fails_exactly_on_the_gateways_degraded_health() -> None:
+    from starlette.responses import JSONResponse
+
+    module = load_yaml(DEPLOY / "monitoring" / "blackbox.yml")["modules"]["morgan_health"]
+    [regex] = module["http"]["fail_if_body_matches_regexp"]
+
+    def health(status: str) -> str:  # the body's shape as gateway/app.py answers it
+        body = {"status": status, "nats": "connected", "queue_depth": 0, "stores": {}}
+        return bytes(JSONResponse(body).body).decode()
+
+    assert re.search(regex, health("degraded"))
+    assert not re.search(regex, health("ok"))
+    blackbox = compose("cpu-linux")["services"]["blackbox"]
+    [config] = [a.split("=", 1)[1] for a in blackbox["command"] if a.startswith("--config.file=")]
+    assert f"../monitoring/blackbox.yml:{config}:ro" in blackbox["volumes"]
+    rules = prometheus_jobs()["morgan-gateway-health"]["relabel_configs"]
+    assert {"target_label": "__address__", "replacement": "blackbox:9115"} in rules
+
+
+def prometheus_jobs() -> dict[str, dict[str, Any]]:
+    conf = load_yaml(DEPLOY / "monitoring" / "prometheus.yml")
+    return {job["job_name"]: job for job in conf["scrape_configs"]}
+
+
+def test_morgan_targets_carry_their_consul_health() -> None:
+    for name in ("morgan-gateway", "morgan-processors"):
+        rules = prometheus_jobs()[name]["relabel_configs"]
+        assert {"source_labels": ["__meta_consul_health"], "target_label": "consul_health"} in (
+            rules
+        ), name
 
 
 # ---- images ----------------------------------------------------------------------------
@@ -525,10 +766,12 @@ def run_entrypoint(secrets: Path, env: dict[str, str]) -> dict[str, str]:
 def test_entrypoint_exports_morgan_and_consul_secret_files_as_env(tmp_path: Path) -> None:
     (tmp_path / "MORGAN_API_KEYS").write_text("k1,k2\n")
     (tmp_path / "CONSUL_HTTP_TOKEN").write_text("tok")
+    (tmp_path / "PGPASSWORD").write_text("pw\n")
     (tmp_path / "POSTGRES_PASSWORD").write_text("not-for-morgan")
     env = run_entrypoint(tmp_path, {})
     assert env["MORGAN_API_KEYS"] == "k1,k2"
     assert env["CONSUL_HTTP_TOKEN"] == "tok"
+    assert env["PGPASSWORD"] == "pw"
     assert "POSTGRES_PASSWORD" not in env
 
 
@@ -866,18 +1109,155 @@ def test_prometheus_loads_the_rules_and_finds_morgan_targets_in_consul() -> None
     jobs = {job["job_name"]: job for job in conf["scrape_configs"]}
     assert jobs["morgan-gateway"]["consul_sd_configs"][0]["services"] == ["morgan-gateway"]
     processors = jobs["morgan-processors"]["consul_sd_configs"][0]["services"]
-    assert processors == ["morgan-vad", "morgan-stt", "morgan-llm", "morgan-tts"]
+    assert processors == [
+        "morgan-vad",
+        "morgan-stt",
+        "morgan-llm",
+        "morgan-tts",
+        "morgan-history",
+        "morgan-memory",
+    ]
     assert set(conf) <= {"global", "rule_files", "scrape_configs", "alerting"}
 
 
-def test_processor_metrics_the_alerts_use_exist_in_processors_metrics() -> None:
+def test_processor_metrics_the_alerts_and_dashboard_use_exist_in_processors_metrics() -> None:
+    from prometheus_client import REGISTRY
+
     from processors import metrics
 
-    names = {metrics.HANDLED._name, metrics.DURATION._name}
-    exprs = " ".join(rule["expr"] for rule in alert_rules())
-    used = set(re.findall(r"morgan_processor_[a-z_]+", exprs))
-    known = {"morgan_processor_messages_total"} | {f"{n}_bucket" for n in names}
-    assert used and used <= known | names
+    assert metrics.HANDLED  # imported: the module's collectors are in the default registry
+    families = {f.name: f.type for f in REGISTRY.collect() if f.name.startswith("morgan_")}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported = set(families) | {
+        name + suffix for name, kind in families.items() for suffix in suffixes.get(kind, ())
+    }
+    text = (DEPLOY / "monitoring" / "alerts.yml").read_text() + json.dumps(dashboard())
+    used = set(re.findall(r"morgan_processor_[a-z_]+", text))
+    assert "morgan_processor_queue_wait_seconds_bucket" in used  # the history lag
+    assert used and used <= exported, sorted(used - exported)
+
+
+def alert_expr(name: str) -> str:
+    [rule] = [r for r in alert_rules() if r["alert"] == name]
+    return str(rule["expr"]).strip()
+
+
+def expr_case(alert: str, series: dict[str, str], firing: list[str]) -> dict[str, Any]:
+    """A promtool unit test: with ``series``, the alert's condition at 5 minutes holds
+    for exactly the label sets ``firing`` (counted, so the values do not matter)."""
+    expr = alert_expr(alert)
+    by = re.search(r"by \(([^)]*)\)", expr)
+    grouping = by[1] if by else "instance"
+    return {
+        "interval": "1m",
+        "input_series": [{"series": s, "values": v} for s, v in series.items()],
+        "promql_expr_test": [
+            {
+                "expr": f"count by ({grouping}) ({expr})",
+                "eval_time": "5m",
+                "exp_samples": [{"labels": labels, "value": 1} for labels in firing],
+            }
+        ],
+    }
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_data_layer_alerts_fire_on_a_failing_store_and_stay_quiet_otherwise(
+    tmp_path: Path,
+) -> None:
+    """The data-layer alert conditions, evaluated by Prometheus' own promtool."""
+    proc = 'job="morgan-processors", instance="10.0.0.3:9104", host="cpu-linux", kind="llm"'
+    gw = 'job="morgan-gateway", instance="10.0.0.1:8080", host="gpu-linux"'
+    probe = 'job="morgan-gateway-health", instance="10.0.0.1:8080", host="gpu-linux"'
+    wait = 'morgan_processor_queue_wait_seconds_bucket{kind="history", tier=""'
+    handled = 'morgan_processor_messages_total{kind="history", tier=""'
+    cases = [
+        expr_case(
+            "MorganStoreUnreachable",
+            {
+                f'up{{{proc}, consul_health="warning"}}': "1x10",
+                f'up{{{gw}, consul_health="passing"}}': "1x10",
+            },
+            ['{job="morgan-processors", host="cpu-linux", kind="llm"}'],
+        ),
+        expr_case(
+            "MorganStoreUnreachable",
+            {
+                f'up{{{proc}, consul_health="passing"}}': "1x10",
+                f'up{{{gw}, consul_health="passing"}}': "1x10",
+            },
+            [],
+        ),
+        expr_case(
+            "MorganGatewayDegraded",
+            {f"probe_failed_due_to_regex{{{probe}}}": "1x10"},
+            ['{instance="10.0.0.1:8080"}'],
+        ),
+        expr_case("MorganGatewayDegraded", {f"probe_failed_due_to_regex{{{probe}}}": "0x10"}, []),
+        # Cut off from NATS: /health answers 503 (the probe fails, not on its regex).
+        expr_case(
+            "MorganGatewayUnavailable",
+            {
+                f"probe_success{{{probe}}}": "0x10",
+                f"probe_failed_due_to_regex{{{probe}}}": "0x10",
+            },
+            ['{instance="10.0.0.1:8080"}'],
+        ),
+        expr_case(
+            "MorganGatewayUnavailable",
+            {
+                f"probe_success{{{probe}}}": "0x10",
+                f"probe_failed_due_to_regex{{{probe}}}": "1x10",
+            },
+            [],
+        ),
+        # PostgreSQL away: every write is retried, nothing is written.
+        expr_case(
+            "MorganDataWritesFailing",
+            {f'{handled}, outcome="retry"}}': "0+10x10", f'{handled}, outcome="ok"}}': "5x10"},
+            ['{kind="history"}'],
+        ),
+        expr_case(
+            "MorganDataWritesFailing",
+            {f'{handled}, outcome="retry"}}': "0+1x10", f'{handled}, outcome="ok"}}': "0+10x10"},
+            [],
+        ),
+        # Events waiting past the largest bucket (60 s): the quantile reads 60.
+        expr_case(
+            "MorganHistoryBehind",
+            {
+                f'{wait}, le="10"}}': "0x10",
+                f'{wait}, le="30"}}': "0x10",
+                f'{wait}, le="60"}}': "0x10",
+                f'{wait}, le="+Inf"}}': "0+10x10",
+            },
+            ['{kind="history"}'],
+        ),
+        expr_case(
+            "MorganHistoryBehind",
+            {
+                f'{wait}, le="10"}}': "0+10x10",
+                f'{wait}, le="30"}}': "0+10x10",
+                f'{wait}, le="60"}}': "0+10x10",
+                f'{wait}, le="+Inf"}}': "0+10x10",
+            },
+            [],
+        ),
+    ]
+    tests = tmp_path / "tests.yml"
+    tests.write_text(
+        json.dumps(
+            {
+                "rule_files": [str(DEPLOY / "monitoring" / "alerts.yml")],
+                "evaluation_interval": "1m",
+                "tests": cases,
+            }
+        )
+    )
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    out = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_gateway_metrics_the_alerts_and_dashboard_use_exist_in_gateway_metrics() -> None:
@@ -970,5 +1350,48 @@ def test_deploy_docs_cover_every_host_and_the_durability_choice() -> None:
         "traefik_tags.txt",
         "kv-example.json",
         "nats-server -t",
+        "## Data layer",
+        "deploy/patroni/",
+        "PGPASSWORD",
+        "target_session_attrs=read-write",
+        "redis-cli --cluster create",
+        "qdrant-snapshots",
     ):
         assert word in text, word
+
+
+PATRONI = {h: DEPLOY / "patroni" / f"{h}.yml" for h in ("cpu-linux", "gpu-linux")}
+ETCD_HOSTS = ("cpu-linux", "gpu-linux", "gpu-wsl")
+THIS_MACHINE = re.compile(r"Name or service not known|is not reachable|is already in use")
+"""What Patroni's validator says because the deployment's hosts are not this machine."""
+
+
+@pytest.mark.skipif(shutil.which("patroni") is None, reason="patroni is not installed")
+@pytest.mark.parametrize("host", sorted(PATRONI))
+def test_patroni_config_passes_patronis_own_validator(host: str) -> None:
+    done = subprocess.run(
+        ["patroni", "--validate-config", str(PATRONI[host])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = (done.stdout + done.stderr).splitlines()
+    assert [line for line in said if line.strip() and not THIS_MACHINE.search(line)] == []
+
+
+def test_patroni_members_differ_only_in_their_name_and_addresses() -> None:
+    def common(host: str) -> dict[str, Any]:
+        conf: dict[str, Any] = load_yaml(PATRONI[host])
+        assert conf.pop("name") == host
+        assert conf["restapi"].pop("connect_address") == f"{host}:8008"
+        assert conf["postgresql"].pop("connect_address") == f"{host}:5432"
+        return conf
+
+    first, second = (common(h) for h in PATRONI)
+    assert first == second
+    dcs = first["bootstrap"]["dcs"]
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
+    assert dcs["synchronous_mode"] is True
+    assert first["etcd3"]["hosts"] == [f"{h}:2379" for h in ETCD_HOSTS]
+    etcd = load_yaml(DEPLOY / "patroni" / "etcd.yml")
+    assert etcd["initial-cluster"] == ",".join(f"{h}=http://{h}:2380" for h in ETCD_HOSTS)

@@ -3,7 +3,8 @@
 Every built-in kind runs somewhere in the compose files and in the swarm stack, started
 by its own name; a tiered kind has a gpu-tier and a cpu-tier service; Prometheus scrapes
 every kind's metrics port and the alerts watch every kind; and no deploy file names a
-kind that is not registered.
+kind that is not registered. The data-layer kinds get the stores they use, history runs
+on two hosts and their EVENTS consumers never give up and are replicated three times.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from processors import registry
+from streams import definitions
 from streams.registry import service_name
+from streams.settings import Settings
 from tests.unit.deploy_helpers import (
     COMPOSE_HOSTS,
     DEPLOY,
@@ -25,6 +28,7 @@ from tests.unit.deploy_helpers import (
     env_of,
     is_morgan,
     load_yaml,
+    secret_names,
     stack,
 )
 
@@ -77,7 +81,8 @@ def tiers_of(svc: dict[str, Any]) -> set[str]:
 
 
 def test_the_registry_knows_the_shipped_pipeline() -> None:
-    assert BUILT_IN == ["llm", "stt", "tts", "vad"]  # not vacuous: the lists below are derived
+    # not vacuous: the lists below are derived
+    assert BUILT_IN == ["history", "llm", "memory", "stt", "tts", "vad"]
     assert TIERED == ["stt", "tts"]
 
 
@@ -183,3 +188,88 @@ def test_started_kind_reads_every_way_a_processor_is_started() -> None:
     assert started_kind(["/opt/venv/bin/morgan", "run", "vad"]) == "vad"
     assert started_kind(["gateway"]) is None
     assert started_kind(["nats-server", "--config", "x"]) is None
+
+
+# ---- the data-layer kinds (docs/data.md) ------------------------------------------------
+
+DATABASE = {"MORGAN_DATABASE_URL", "MORGAN_DATABASE_READ_URL"}
+CONTEXT = {"MORGAN_REDIS_CLUSTER_NODES"}
+MEMORY_ON = {"MORGAN_QDRANT_URL"}
+NEEDS = {
+    "gateway": DATABASE | CONTEXT | MEMORY_ON,  # conversations, forgetting, /health
+    "llm": DATABASE | CONTEXT | MEMORY_ON,  # L3 and L2 context; asks memory for recalls
+    "history": {"MORGAN_DATABASE_URL"},
+    "memory": MEMORY_ON,
+}
+"""The settings each process needs to reach the stores it uses."""
+
+
+def services_with_role(deployment: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, kind or ``gateway``, service) for every Morgan service of a deployment."""
+    found = [(w, k, s) for w, (k, s) in DEPLOYMENTS[deployment]().items()]
+    sources = (
+        [(h, compose(h)["services"]) for h in COMPOSE_HOSTS]
+        if deployment == "compose"
+        else [("swarm", stack()["services"])]
+    )
+    for where, services in sources:
+        for name, svc in services.items():
+            if is_morgan(svc) and svc.get("command") == ["gateway"]:
+                found.append((f"{where}/{name}", "gateway", svc))
+    return found
+
+
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+def test_every_process_gets_the_settings_of_the_stores_it_uses(deployment: str) -> None:
+    seen = set()
+    for where, role, svc in services_with_role(deployment):
+        env = env_of(svc)
+        missing = NEEDS.get(role, set()) - set(env)
+        assert not missing, f"{where} ({role}) lacks {sorted(missing)}"
+        if "MORGAN_DATABASE_URL" in env:
+            assert "PGPASSWORD" in secret_names(svc), where
+        else:
+            assert "PGPASSWORD" not in secret_names(svc), f"{where} gets a password it never uses"
+        seen.add(role)
+    assert seen >= set(NEEDS), f"{deployment}: no service for {sorted(set(NEEDS) - seen)}"
+
+
+def test_the_memory_kind_needs_no_database_and_history_no_vectors() -> None:
+    for where, (kind, svc) in {**compose_processors(), **stack_processors()}.items():
+        env = env_of(svc)
+        if kind == "memory":
+            assert not DATABASE & set(env), where
+        if kind == "history":
+            assert not MEMORY_ON & set(env), where
+
+
+def test_history_runs_on_two_hosts_and_in_two_swarm_tasks_on_different_nodes() -> None:
+    hosts = sorted(w.split("/")[0] for w, (k, _) in compose_processors().items() if k == "history")
+    assert hosts == ["cpu-linux", "gpu-linux"]
+    history = stack()["services"]["history"]["deploy"]
+    assert history["replicas"] == 2 and history["placement"]["max_replicas_per_node"] == 1
+
+
+def test_the_macos_script_gives_the_native_llm_the_data_layer() -> None:
+    script = (DEPLOY / "macos" / "morgan-processor.sh").read_text()
+    exported = set(re.findall(r"export (MORGAN_[A-Z0-9_]+)=", script))
+    assert NEEDS["llm"] <= exported
+    llm = env_of(compose("cpu-linux")["services"]["llm"])
+    for name in NEEDS["llm"]:
+        assert f'{name}="${{{name}:-{llm[name]}}}"' in script, name  # the same values
+
+
+@pytest.mark.parametrize("kind", ["history", "memory"])
+def test_a_data_layer_kind_keeps_every_event_on_a_replicated_consumer(kind: str) -> None:
+    """EVENTS is the write queue: the consumer never gives up an event and, like the
+    stream, has three replicas in the deployed cluster (MORGAN_REPLICAS=3)."""
+    [(_, svc)] = [(w, s) for w, (k, s) in stack_processors().items() if k == kind]
+    settings = Settings.model_validate(
+        {k.removeprefix("MORGAN_").lower(): v for k, v in env_of(svc).items()}
+    )
+    assert settings.replicas == 3
+    consumers = registry.spec(kind).consumers(settings, settings.tier_list)
+    assert consumers
+    for _, consumer in consumers:
+        assert consumer.stream == definitions.EVENTS and consumer.max_deliver == -1
+        assert consumer.config(settings).num_replicas == 3

@@ -1,4 +1,4 @@
-"""Imports go one way: schemas <- streams <- processors, gateway <- morgan; no code
+"""Imports go one way: schemas <- streams <- store <- processors, gateway <- morgan; no code
 outside tests/ imports tests.
 
 Every ``.py`` file of the packages below is parsed with ``ast`` (nothing is
@@ -15,10 +15,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKED = ("schemas", "streams", "processors", "gateway", "morgan", "bench", "examples", "testbed")
+CHECKED = (
+    "schemas",
+    "streams",
+    "store",
+    "processors",
+    "gateway",
+    "morgan",
+    "bench",
+    "examples",
+    "testbed",
+)
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "schemas": frozenset({"streams", "processors", "gateway", "morgan", "testbed", "bench"}),
-    "streams": frozenset({"processors", "gateway", "morgan", "testbed", "bench"}),
+    "schemas": frozenset(
+        {"streams", "store", "processors", "gateway", "morgan", "testbed", "bench"}
+    ),
+    "streams": frozenset({"store", "processors", "gateway", "morgan", "testbed", "bench"}),
+    "store": frozenset({"processors", "gateway", "morgan", "testbed", "bench"}),
     "processors": frozenset({"gateway", "morgan", "testbed", "bench"}),
     "gateway": frozenset({"processors", "morgan", "testbed", "bench"}),
     "morgan": frozenset({"testbed", "bench"}),

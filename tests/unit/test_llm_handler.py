@@ -2,21 +2,33 @@
 
 The model is the handler's dependency, not what is tested here: most tests give it a
 scripted backend that writes given deltas, so what the handler makes of them is exact.
-One test runs the real local SmolLM2 backend through the kind's own loader.
+One test runs the real local SmolLM2 backend through the kind's own loader. The context
+cache is its L1 alone (no Redis or database configured); the memory kind's recall is
+answered through ``MemoryContext.answers``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Callable
 
 import pytest
 
 from processors import llm
-from processors.dialog_memory import DialogMemory, Exchange
 from processors.harness import MemoryContext
 from processors.llm_backends import Messages, StopCheck
-from schemas import BadInput, LlmRequest, ReplyCancelled, ReplyDelta, ReplyDone, TtsRequest
-from streams import definitions
+from schemas import (
+    BadInput,
+    Forget,
+    LlmRequest,
+    ReplyCancelled,
+    ReplyDelta,
+    ReplyDone,
+    TtsRequest,
+    Unavailable,
+)
+from store.context_cache import ContextCache
+from store.records import Exchange
 from streams.settings import Settings
 
 SETTINGS = Settings(llm_system_prompt="Be brief.", first_clause_words=6, llm_history_turns=4)
@@ -35,6 +47,9 @@ class Scripted:
     def describe(self) -> str:
         return "scripted"
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
     async def stream(self, messages: Messages, should_stop: StopCheck) -> AsyncGenerator[str, None]:
         self.prompts.append(messages)
         for written, delta in enumerate(self.replies.pop(0), start=1):
@@ -44,12 +59,15 @@ class Scripted:
             self.after_delta(written)
 
 
-def context(backend: Scripted) -> MemoryContext:
-    return MemoryContext.of(llm.SPEC, state=backend, settings=SETTINGS)
+def context(backend: Scripted, settings: Settings = SETTINGS, user: str = "ann") -> MemoryContext:
+    state = llm.LlmState(backend, ContextCache(settings, None))
+    return MemoryContext.of(llm.SPEC, state=state, settings=settings, user=user)
 
 
-async def history(ctx: MemoryContext, sid: str) -> list[Exchange]:
-    return await DialogMemory(await ctx.key_value(definitions.DIALOG)).history(sid)
+async def history(ctx: MemoryContext, sid: str) -> list[tuple[str, str, str, bool]]:
+    """The session's exchanges in the context cache, without their times."""
+    found = await ctx.state.context.recent(sid, 32)
+    return [(e.turn, e.user, e.assistant, e.cancelled) for e in found]
 
 
 async def test_deltas_become_reply_deltas_sentences_go_to_tts_as_written_then_done() -> None:
@@ -68,9 +86,13 @@ async def test_deltas_become_reply_deltas_sentences_go_to_tts_as_written_then_do
         ("tts", 1, "I can help with that."),
         ("tts", 2, "Ask me anything!"),
     ]
-    assert ctx.emitted_of(ReplyDone) == [
-        ReplyDone("s1", "t1", "Sure, I can help with that. Ask me anything!", sentences=3)
-    ]
+    [done] = ctx.emitted_of(ReplyDone)
+    assert (done.text, done.sentences, done.asked) == (
+        "Sure, I can help with that. Ask me anything!",
+        3,
+        "Can you help?",
+    )
+    assert 0 < done.first_ms <= done.llm_ms
     # the order of everything published: each sentence as soon as its last delta is out
     assert ctx.ids == [
         "s1.t1.d0",
@@ -96,7 +118,7 @@ async def test_the_exchange_is_saved_and_the_next_turn_prompt_holds_it() -> None
     backend = Scripted(["Hello, Zed."], ["Your name is Zed."])
     ctx = context(backend)
     await ctx.handle(LlmRequest("s1", "t1", "My name is Zed."))
-    assert await history(ctx, "s1") == [Exchange("t1", "My name is Zed.", "Hello, Zed.")]
+    assert await history(ctx, "s1") == [("t1", "My name is Zed.", "Hello, Zed.", False)]
     await ctx.handle(LlmRequest("s1", "t2", "What is my name?"))
     assert backend.prompts == [
         [
@@ -110,7 +132,7 @@ async def test_the_exchange_is_saved_and_the_next_turn_prompt_holds_it() -> None
             {"role": "user", "content": "What is my name?"},
         ],
     ]
-    assert [e.turn for e in await history(ctx, "s1")] == ["t1", "t2"]
+    assert [e[0] for e in await history(ctx, "s1")] == ["t1", "t2"]
     assert await history(ctx, "other") == []
 
 
@@ -122,11 +144,11 @@ async def test_a_redelivered_turn_is_stored_once_and_its_prompt_leaves_out_its_o
     for _ in range(2):
         await ctx.handle(LlmRequest("s1", "t1", "Hello"))
     assert backend.prompts[0] == backend.prompts[1]
-    assert await history(ctx, "s1") == [Exchange("t1", "Hello", "Hi!")]
+    assert await history(ctx, "s1") == [("t1", "Hello", "Hi!", False)]
 
 
-async def test_a_turn_cancelled_mid_reply_emits_reply_cancelled_and_saves_nothing() -> None:
-    backend = Scripted(["One. ", "Two. ", "Three. ", "Four."])
+async def test_a_turn_cancelled_mid_reply_keeps_only_what_was_sent_to_be_spoken() -> None:
+    backend = Scripted(["One. ", "Two. ", "Three. ", "Four."], ["Five."])
     ctx = context(backend)
 
     def barge_in(written: int) -> None:
@@ -136,9 +158,16 @@ async def test_a_turn_cancelled_mid_reply_emits_reply_cancelled_and_saves_nothin
     backend.after_delta = barge_in
     await ctx.handle(LlmRequest("s1", "t1", "Count"))
     assert [d.text for d in ctx.emitted_of(ReplyDelta)] == ["One. ", "Two. "]
-    assert ctx.emitted[-1] == ReplyCancelled("s1", "t1")
+    assert ctx.emitted[-1] == ReplyCancelled("s1", "t1", spoken="One. Two.")
     assert ctx.emitted_of(ReplyDone) == []
-    assert await history(ctx, "s1") == []
+    assert await history(ctx, "s1") == [("t1", "Count", "One. Two.", True)]
+    backend.after_delta = lambda written: None
+    await ctx.handle(LlmRequest("s1", "t2", "Go on"))
+    assert backend.prompts[1][1:] == [
+        {"role": "user", "content": "Count"},
+        {"role": "assistant", "content": "One. Two."},
+        {"role": "user", "content": "Go on"},
+    ]
 
 
 async def test_a_turn_cancelled_before_it_starts_never_asks_the_model() -> None:
@@ -148,6 +177,7 @@ async def test_a_turn_cancelled_before_it_starts_never_asks_the_model() -> None:
     await ctx.handle(LlmRequest("s1", "t1", "Hello"))
     assert backend.prompts == []
     assert ctx.emitted == [ReplyCancelled("s1", "t1")] and ctx.forwarded == []
+    assert await history(ctx, "s1") == [("t1", "Hello", "", True)]
     assert ctx.ids == ["s1.t1.cancelled"]
 
 
@@ -163,13 +193,14 @@ async def test_a_request_without_words_is_refused_as_empty_text(text: str) -> No
 
 async def test_the_real_local_model_loaded_by_the_kind_answers_and_speaks_its_whole_reply() -> None:
     settings = SETTINGS.model_copy(update={"llm_max_tokens": 12})
-    backend = await llm.SPEC.load(settings, ("cpu",))
+    state = await llm.SPEC.load(settings, ("cpu",))
     try:
-        assert llm.describe(backend).startswith("llama.cpp ")
-        ctx = MemoryContext.of(llm.SPEC, state=backend, settings=settings)
+        assert llm.describe(state).startswith("llama.cpp ")
+        assert llm.describe(state).endswith("context L1")
+        ctx = MemoryContext.of(llm.SPEC, state=state, settings=settings)
         await ctx.handle(LlmRequest("s1", "t1", "What is the capital of France?"))
     finally:
-        backend.llama.close()
+        state.backend.llama.close()
     [done] = ctx.emitted_of(ReplyDone)
     deltas = ctx.emitted_of(ReplyDelta)
     spoken = [r for _, r in ctx.forwarded if isinstance(r, TtsRequest)]
@@ -177,5 +208,66 @@ async def test_the_real_local_model_loaded_by_the_kind_answers_and_speaks_its_wh
     assert [r.seq for r in spoken] == list(range(done.sentences)) and spoken
     assert " ".join(r.text for r in spoken).split() == done.text.split()
     assert await history(ctx, "s1") == [
-        Exchange("t1", "What is the capital of France?", done.text.strip())
+        ("t1", "What is the capital of France?", done.text.strip(), False)
     ]
+
+
+async def test_the_prompt_holds_the_user_memories_with_their_dates_from_the_memory_kind() -> None:
+    backend = Scripted(["Ada."])
+    settings = SETTINGS.model_copy(update={"qdrant_path": "/nowhere", "memory_recall": 2})
+    ctx = context(backend, settings, user="ann")
+    asked: list[dict[str, object]] = []
+
+    async def recall(body: bytes) -> bytes:
+        asked.append(json.loads(body))
+        memory = {"text": "my sister is called Ada", "reply": "Nice.", "at": 1764547200.0}
+        return json.dumps({"memories": [memory | {"sid": "old", "score": 0.8}]}).encode()
+
+    ctx.answers[("memory", "recall")] = recall
+    await ctx.handle(LlmRequest("s1", "t1", "What is my sister called?"))
+    assert asked == [{"user": "ann", "text": "What is my sister called?", "limit": 2}]
+    system = backend.prompts[0][0]["content"]
+    assert system.startswith("Be brief.") and "my sister is called Ada" in system
+    assert "2025-12-01" in system
+
+
+async def test_without_an_answer_from_the_memory_kind_the_turn_is_answered_without_memories() -> (
+    None
+):
+    backend = Scripted(["Hello."])
+    settings = SETTINGS.model_copy(update={"qdrant_path": "/nowhere"})
+    ctx = context(backend, settings)  # no ("memory", "recall") answer: no worker runs
+    await ctx.handle(LlmRequest("s1", "t1", "Hi"))
+    assert backend.prompts[0] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert ctx.emitted_of(ReplyDone)[0].text == "Hello."
+
+
+async def test_a_forgotten_user_leaves_the_worker_l1_at_once() -> None:
+    ctx = context(Scripted(["Hello."], ["Hello again."]), user="ann")
+    await ctx.handle(LlmRequest("s1", "t1", "Hi"))
+    assert await history(ctx, "s1")
+    assert llm.SPEC.on_control is not None
+    await ctx.handle(LlmRequest("s2", "t1", "Hi"))
+    llm.SPEC.on_control(Forget("ann", "s1"), ctx.state)  # one deleted conversation
+    assert await history(ctx, "s1") == [] and await history(ctx, "s2")
+    llm.SPEC.on_control(Forget("ann"), ctx.state)  # the whole user
+    assert await history(ctx, "s2") == []
+
+
+class UnreachableHistory:
+    """An L3 whose database is away."""
+
+    async def exchanges(self, sid: str, limit: int) -> list[Exchange]:
+        raise Unavailable("history database: connection refused")
+
+
+async def test_with_the_history_database_away_a_cold_session_is_answered_without_context() -> None:
+    backend = Scripted(["Hello."])
+    state = llm.LlmState(backend, ContextCache(SETTINGS, UnreachableHistory()))
+    ctx = MemoryContext.of(llm.SPEC, state=state, settings=SETTINGS)
+    await ctx.handle(LlmRequest("s1", "t1", "Hi"))
+    assert backend.prompts[0][1:] == [{"role": "user", "content": "Hi"}]
+    assert ctx.emitted_of(ReplyDone)[0].text == "Hello."

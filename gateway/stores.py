@@ -1,0 +1,93 @@
+"""The data stores a gateway uses: history (conversations API), the context cache's
+Redis (forgetting), and how each is doing (``/health``).
+
+No database configured: the conversations API answers 503 ``no_history``. PostgreSQL or
+Redis unreachable: ``/health`` says ``degraded`` (the voice loop does not need them) and
+each call tries again, so the gateway recovers by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from schemas import Unavailable
+from store.context_cache import ContextCache
+from store.history import History
+from streams.settings import Settings
+
+log = logging.getLogger("morgan.gateway.stores")
+
+
+@dataclass
+class Stores:
+    settings: Settings
+    cache: ContextCache
+    """Its L2 (Redis) is what the gateway touches: forgetting deletes a user's keys."""
+    history: History | None = None
+    """Writes and deletes (the primary); None without a database or while unreachable."""
+    reads: History | None = None
+    """Conversation reads (``database_read_url``, may be a replica)."""
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Stores:
+        stores = cls(settings, ContextCache(settings, None))
+        if settings.database_url:
+            await stores._connect()
+        return stores
+
+    async def _connect(self) -> None:
+        """Open the pools that are not open yet; unreachable ones are tried next time."""
+        s = self.settings
+        try:
+            if self.history is None:
+                self.history = await History.open(s.database_url, pool_size=s.database_pool_size)
+            if self.reads is None:
+                same = s.read_url == s.database_url
+                self.reads = self.history if same else await History.open(s.read_url, migrate=False)
+        except Unavailable as exc:
+            log.warning("gateway: history database unreachable: %s", exc)
+
+    async def writer(self) -> History:
+        """The history's primary, or ``Unavailable``/``no_history``."""
+        if not self.settings.database_url:
+            raise NoHistory()
+        await self._connect()
+        if self.history is None:
+            raise Unavailable("the history database is unreachable")
+        return self.history
+
+    async def reader(self) -> History:
+        if not self.settings.database_url:
+            raise NoHistory()
+        await self._connect()
+        if self.reads is None:
+            raise Unavailable("the history database is unreachable")
+        return self.reads
+
+    async def health(self) -> dict[str, str]:
+        """Each store: ``ok``, ``none`` (not configured) or why it is not ok."""
+        report = {"redis": await self._redis()}
+        if not self.settings.database_url:
+            report["postgres"] = "none"
+        else:
+            try:
+                await (await self.reader()).ping()
+                report["postgres"] = "ok"
+            except Unavailable as exc:
+                report["postgres"] = str(exc)
+        return report
+
+    async def _redis(self) -> str:
+        if self.cache.l2 is None:
+            return "none"
+        return "ok" if await self.cache.check() == "ok" else self.cache.reason
+
+    async def close(self) -> None:
+        await self.cache.close()
+        for pool in {id(p): p for p in (self.history, self.reads) if p is not None}.values():
+            await pool.close()
+
+
+class NoHistory(LookupError):
+    """This gateway has no history database configured."""
