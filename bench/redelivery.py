@@ -31,6 +31,7 @@ from schemas import Subjects, Transcript, Utterance, decode
 from streams import bus, definitions, embedded
 from streams.settings import Settings
 from testbed.audio import silence, speak
+from testbed.stats import pct
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "please tell me a long story about a brave little fox who lived in the woods"
@@ -98,11 +99,6 @@ async def one(ack_wait: str, pcm: bytes, tmp: Path, n: int) -> float:
                 w.kill()
                 w.wait()
             await nc.close()
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 async def main(rounds: int) -> None:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas import decode
 from testbed.audio import silence, speak
 from testbed.morgan_process import MorganUp, VoiceClient
+from testbed.stats import pct
 
 TOTAL = "total: end of speech -> first audio at client"
 FRAME_BUS = "frame: WebSocket in -> on the bus"
@@ -48,11 +49,6 @@ QUESTIONS = [
     "what is the tallest mountain",
     "give me a tip for better sleep",
 ]
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def trim(pcm: bytes) -> bytes:

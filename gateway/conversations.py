@@ -31,7 +31,7 @@ from gateway.state import Gateway
 from gateway.stores import NoHistory
 from schemas import Forget, Unavailable
 from store import recall
-from streams import bus
+from streams import bus, definitions
 
 log = logging.getLogger("morgan.gateway.conversations")
 PAGE = 20
@@ -85,6 +85,7 @@ async def delete_conversation(request: Request, gw: Gateway, sid: str) -> Respon
         if not await (await gw.stores.writer()).delete_conversation(user, sid):
             return _unknown()
         await gw.stores.cache.forget([sid], user)
+        await _drop_recalled(gw, [sid])
         await _tell_workers(gw, Forget(user, sid))
         return Response(status_code=204)
 
@@ -101,6 +102,7 @@ async def forget_user(request: Request, gw: Gateway, user: str) -> Response:
     async def answer() -> Response:
         sids = await (await gw.stores.writer()).forget_user(user)
         await gw.stores.cache.forget(sids, user)
+        await _drop_recalled(gw, sids)
         ask = recall.over_bus(gw.nc, gw.settings.prefix)
         memories = await recall.forget(ask, user) if _has_memory(gw) else 0
         await _tell_workers(gw, Forget(user))
@@ -113,6 +115,13 @@ async def forget_user(request: Request, gw: Gateway, user: str) -> Response:
 def _has_memory(gw: Gateway) -> bool:
     """Whether this deployment keeps long-term memory (a memory kind should answer)."""
     return bool(gw.settings.qdrant_url or gw.settings.qdrant_path)
+
+
+async def _drop_recalled(gw: Gateway, sids: list[str]) -> None:
+    """The memories stored for the sessions' next turns (``MORGAN_RECALLED``)."""
+    kv = await definitions.key_value(gw.js, gw.settings, definitions.RECALLED)
+    for sid in sids:
+        await kv.delete(definitions.kv_key(sid))
 
 
 async def _tell_workers(gw: Gateway, message: Forget) -> None:

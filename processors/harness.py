@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from processors.context import undeclared
+from processors.context import KvStore, undeclared
 from processors.spec import Spec
 from schemas import AudioChunk, Message, MessageError, Unavailable
 from streams import definitions
@@ -38,8 +38,8 @@ class Entry:
 
 
 class MemoryKv:
-    """A KV bucket in memory: get, and update with an expected last revision (0: the key
-    must not exist yet), as NATS KV does them."""
+    """A KV bucket in memory: get, put, and update with an expected last revision (0: the
+    key must not exist yet), as NATS KV does them."""
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
@@ -57,6 +57,9 @@ class MemoryKv:
         self.revision += 1
         self.entries[key] = Entry(key, value, self.revision)
         return self.revision
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.update(key, value)
 
 
 @dataclass
@@ -76,7 +79,8 @@ class MemoryContext:
     """Message ids of everything published, in order (dedup keys)."""
     cancelled_turns: set[tuple[str, str]] = field(default_factory=set)
     ended_sessions: set[str] = field(default_factory=set)
-    buckets: dict[str, MemoryKv] = field(default_factory=dict)
+    buckets: dict[str, KvStore] = field(default_factory=dict)
+    """The KV buckets by name: in memory unless a test puts a real one here."""
     stopping: bool = False
     user: str = ""
     """The session's user, as the runtime reads it from the message's headers."""
@@ -146,7 +150,7 @@ class MemoryContext:
         self._declared(msg)
         self.controls.append(msg)
 
-    async def key_value(self, bucket: str) -> MemoryKv:
+    async def key_value(self, bucket: str) -> KvStore:
         if bucket not in definitions.bucket_configs(self.settings):
             raise KeyError(f"KV bucket {bucket!r} is not declared in streams.definitions")
         return self.buckets.setdefault(bucket, MemoryKv())

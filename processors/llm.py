@@ -11,9 +11,10 @@ Takes ``LlmRequest`` from ``<prefix>.work.llm`` (durable ``llm``). Publishes
 - or, when the turn is cancelled (barge-in), ``reply.cancelled`` instead of
   ``reply.done``, and stores only what was sent to be spoken.
 
-The prompt is the system prompt, the user's closest long-term memories (asked of the
-memory kind while the context cache is read; none if it does not answer in
-``memory_recall_timeout_s``), the session's last exchanges, then the user's words.
+The prompt is the system prompt, the user's long-term memories (those the memory kind
+stored for the session when its last turn ended; for a session's first turn, asked of
+the memory kind, waiting at most ``memory_recall_timeout_s``; both while the context
+cache is read), the session's last exchanges, then the user's words.
 
 Decoding is greedy by default, so a redelivered request writes the same deltas
 with the same ids and JetStream's dedup drops the repeats.
@@ -27,6 +28,9 @@ import time
 from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+
+from nats.errors import Error as NatsError
+from nats.js.errors import KeyNotFoundError
 
 from processors import llm_backends
 from processors.context import Context
@@ -48,6 +52,7 @@ from store import recall
 from store.context_cache import ContextCache
 from store.history import History
 from store.records import Exchange, Memory
+from streams import definitions
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.llm")
@@ -121,7 +126,7 @@ async def messages_for(request: LlmRequest, context: ContextCache, ctx: Context)
     limit = settings.memory_recall if memory_on else 0
     recent, memories = await asyncio.gather(
         _recent(context, request, ctx.user, keep + 1) if keep else _nothing(),
-        recall.recall(ctx.ask, ctx.user, request.text, limit, settings.memory_recall_timeout_s),
+        _memories(ctx, request, limit),
     )
     earlier = [e for e in recent if e.turn != request.turn]
     return prompt(
@@ -143,6 +148,24 @@ async def _recent(
 
 async def _nothing() -> list[Exchange]:
     return []
+
+
+async def _memories(ctx: Context, request: LlmRequest, limit: int) -> list[Memory]:
+    """The user's memories for this turn: those the memory kind stored for the session
+    when its last turn ended (a KV read), else (a session's first turn) asked of it now,
+    waiting at most ``memory_recall_timeout_s``."""
+    if not (limit and ctx.user):
+        return []
+    try:
+        kv = await ctx.key_value(definitions.RECALLED)
+        entry = await kv.get(definitions.kv_key(request.sid))
+        return recall.decode(entry.value)[:limit]
+    except KeyNotFoundError:
+        pass  # the session's first turn: nothing found for it yet
+    except (NatsError, TimeoutError) as exc:
+        log.info("llm: stored memories unreadable (%r); asking the memory kind", exc)
+    timeout = ctx.settings.memory_recall_timeout_s
+    return await recall.recall(ctx.ask, ctx.user, request.text, limit, timeout)
 
 
 def speakable(piece: str) -> bool:

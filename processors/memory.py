@@ -24,10 +24,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from processors.context import Context
+from nats.errors import Error as NatsError
+
+from processors.context import Context, KvStore
 from processors.spec import EventTap, Spec
-from schemas import BadInput, Message, ReplyDone
+from schemas import BadInput, Message, ReplyDone, Unavailable
+from store import recall
 from store.longterm import Embedder, LongTermMemory
+from streams import definitions
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.memory")
@@ -73,8 +77,33 @@ async def handle(msg: Message, ctx: Context) -> None:
         return
     [vector] = await state.embedder.embed([msg.asked])
     await state.memory.remember(
-        ctx.user, msg.sid, msg.turn, msg.asked, msg.text, time.time(), vector
+        ctx.user, msg.sid, msg.turn, msg.asked, msg.text, ctx.sent_at, vector
     )
+    await prefetch(msg, ctx, state.memory, vector)
+
+
+async def prefetch(
+    msg: ReplyDone, ctx: Context, memory: LongTermMemory, vector: list[float]
+) -> None:
+    """The session's next turn gets the user's memories closest to this turn's words,
+    found now (off that turn's path; the vector is already here): stored in
+    ``MORGAN_RECALLED`` for the LLM. This turn's own memory is left out (it is in the
+    session's context)."""
+    limit = ctx.settings.memory_recall
+    found = await memory.recall(ctx.user, vector, limit + 1) if limit else []
+    others = [m for m in found if (m.sid, m.turn) != (msg.sid, msg.turn)][:limit]
+    kv = await _bucket(ctx)
+    try:
+        await kv.put(definitions.kv_key(msg.sid), recall.encode(others))
+    except (NatsError, TimeoutError) as exc:
+        raise Unavailable(f"memory: storing the next turn's memories failed: {exc!r}") from exc
+
+
+async def _bucket(ctx: Context) -> KvStore:
+    try:
+        return await ctx.key_value(definitions.RECALLED)
+    except (NatsError, TimeoutError) as exc:
+        raise Unavailable(f"memory: the {definitions.RECALLED} bucket: {exc!r}") from exc
 
 
 def _request(body: bytes, *fields: str) -> dict[str, Any]:

@@ -235,4 +235,5 @@ def _memory(payload: dict[str, Any], score: float) -> Memory:
         at=float(payload.get("at", 0.0)),
         sid=str(payload.get("sid", "")),
         score=float(score),
+        turn=str(payload.get("turn", "")),
     )

@@ -3,6 +3,9 @@
 Callers pass how to ask (``Ask``): a handler passes ``ctx.ask``, the gateway
 ``streams.bus.ask`` bound to its connection. Recall is best effort (the prompt goes
 without memories when no answer comes in time); forgetting must be confirmed.
+
+``encode``/``decode``: memories as stored for a session's next turn (the memory kind
+finds them when a turn ends, so that turn's prompt needs no recall: docs/data.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
@@ -49,6 +53,19 @@ async def forget(ask: Ask, user: str) -> int:
         return int(answer["deleted"])
     except (KeyError, TypeError, ValueError) as exc:
         raise Unavailable(f"memory.forget answered {answer!r}") from exc
+
+
+def encode(memories: Sequence[Memory]) -> bytes:
+    return json.dumps([asdict(m) for m in memories]).encode()
+
+
+def decode(raw: bytes | None) -> list[Memory]:
+    """Stored memories; [] for anything unreadable (the turn goes without)."""
+    try:
+        return [Memory(**found) for found in json.loads(raw or b"[]")]
+    except (ValueError, TypeError) as exc:
+        log.info("stored memories unreadable: %r", exc)
+        return []
 
 
 CLIP = 200

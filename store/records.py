@@ -31,3 +31,4 @@ class Memory:
     sid: str
     score: float = 0.0
     """Similarity to the query (cosine, higher is closer)."""
+    turn: str = ""

@@ -6,6 +6,8 @@ config updates them in place. See docs/design.md for why each is shaped so.
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -152,6 +154,18 @@ SESSIONS = "MORGAN_SESSIONS"
 """KV: the gateway's session book (owner key and hashed resume token per session)."""
 CONFIG = "MORGAN_CONFIG"
 """KV: live configuration when no Consul is configured (streams.config_source)."""
+RECALLED = "MORGAN_RECALLED"
+"""KV: each session's long-term memories for its next turn, found by the memory kind
+when a turn ends (docs/data.md), keyed by ``kv_key(sid)``."""
+
+_PLAIN_KEY = re.compile(r"[-_=A-Za-z0-9]+")
+
+
+def kv_key(text: str) -> str:
+    """A valid KV key for any text (a session id): itself when plain, else base64."""
+    if _PLAIN_KEY.fullmatch(text):
+        return text
+    return "b64_" + base64.urlsafe_b64encode(text.encode()).decode()
 
 
 def bucket_configs(settings: Settings) -> dict[str, KeyValueConfig]:
@@ -165,6 +179,13 @@ def bucket_configs(settings: Settings) -> dict[str, KeyValueConfig]:
             bucket=SESSIONS, ttl=settings.events_max_age_s, replicas=replicas, storage=file
         ),
         CONFIG: KeyValueConfig(bucket=CONFIG, history=5, replicas=replicas, storage=file),
+        RECALLED: KeyValueConfig(
+            bucket=RECALLED,
+            history=1,
+            ttl=settings.context_l2_ttl_s,
+            replicas=replicas,
+            storage=file,
+        ),
     }
 
 

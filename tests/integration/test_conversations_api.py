@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from gateway.server import RunningGateway
 from processors import memory
@@ -28,7 +29,7 @@ from schemas.codec import USER_HEADER
 from store.context_cache import ContextCache
 from store.history import History
 from store.records import Exchange
-from streams import bus
+from streams import bus, definitions
 from streams.settings import Settings
 from tests.integration.bus_helpers import until
 from tests.integration.gateway_helpers import open_client, serving
@@ -126,6 +127,19 @@ async def redis_keys(settings: Settings, sids: list[str]) -> int:
         await raw.aclose()
 
 
+async def recalled(js: JetStreamContext, settings: Settings, sids: list[str]) -> int:
+    """How many of the sessions have memories stored for their next turn."""
+    kv = await definitions.key_value(js, settings, definitions.RECALLED)
+    found = 0
+    for sid in sids:
+        try:
+            await kv.get(definitions.kv_key(sid))
+            found += 1
+        except KeyNotFoundError:
+            pass
+    return found
+
+
 async def vectors(world: World, user: str) -> int:
     assert world.memory.state.memory is not None
     return int(await world.memory.state.memory.count(user))
@@ -195,9 +209,10 @@ async def test_deleting_a_conversation_removes_its_history_and_cached_context(
 
 
 async def test_forgetting_a_user_empties_history_cache_and_vectors_of_that_user_only(
-    world: World,
+    world: World, js: JetStreamContext
 ) -> None:
     alice, bob = world.sids["alice"], world.sids["bob"]
+    assert await recalled(js, world.settings, alice) == 2
     assert (await rows(world.settings.database_url, "alice"), await vectors(world, "alice")) == (
         4,
         2,
@@ -213,7 +228,9 @@ async def test_forgetting_a_user_empties_history_cache_and_vectors_of_that_user_
     assert await rows(world.settings.database_url, "alice") == 0
     assert await redis_keys(world.settings, alice) == 0
     assert await vectors(world, "alice") == 0
+    assert await recalled(js, world.settings, alice) == 0
     assert await rows(world.settings.database_url, "bob") == 2  # bob keeps everything
+    assert await recalled(js, world.settings, bob) == 1
     assert await redis_keys(world.settings, bob) == 1
     assert await vectors(world, "bob") == 1
 

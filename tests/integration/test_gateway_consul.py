@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,6 +10,7 @@ import pytest_asyncio
 from gateway import server
 from gateway.presence import traefik_tags
 from streams.settings import Settings
+from testbed.ports import free_port
 from tests.fakes.consul import FakeConsul
 
 
@@ -18,12 +18,6 @@ from tests.fakes.consul import FakeConsul
 async def fake() -> AsyncIterator[FakeConsul]:
     async with FakeConsul(reap_interval_s=0.05, min_deregister_s=0.0) as f:
         yield f
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_traefik_tags_route_every_path_to_the_gateway_port() -> None:

@@ -21,7 +21,7 @@ from schemas import LlmRequest, Subjects
 from schemas.codec import USER_HEADER
 from store import recall
 from store.context_cache import ContextCache
-from streams import bus
+from streams import bus, definitions
 from streams.settings import Settings
 from tests.integration.bus_helpers import until
 from tests.integration.workers import running
@@ -41,15 +41,22 @@ def with_memory(settings: Settings, tmp_path: Path) -> Settings:
     )
 
 
-async def prompt_for(nc: Client, settings: Settings, user: str, sid: str, text: str) -> str:
-    """The system part of the prompt the LLM builds for ``user``'s new session."""
+async def prompt_for(
+    nc: Client, settings: Settings, user: str, sid: str, text: str, *, ask: bool = True
+) -> str:
+    """The system part of the prompt the LLM builds for ``user``'s turn in ``sid``, with
+    the real KV buckets; the memory kind is asked over NATS when ``ask``, else never."""
     ctx = MemoryContext.of(llm.SPEC, settings=settings, user=user)
-    ask = recall.over_bus(nc, settings.prefix)
+    js = nc.jetstream()
+    recalled = await definitions.key_value(js, settings, definitions.RECALLED)
+    ctx.buckets[definitions.RECALLED] = recalled
+    asking = recall.over_bus(nc, settings.prefix)
 
     async def answer(body: bytes) -> bytes:
-        return await ask("memory", "recall", body, settings.memory_recall_timeout_s)
+        return await asking("memory", "recall", body, settings.memory_recall_timeout_s)
 
-    ctx.answers[("memory", "recall")] = answer
+    if ask:
+        ctx.answers[("memory", "recall")] = answer
     messages = await llm.messages_for(
         LlmRequest(sid, "t1", text), ContextCache(settings, None), ctx
     )
@@ -71,6 +78,17 @@ async def test_a_fact_told_in_one_session_is_recalled_in_the_next_for_that_user_
         bob = await prompt_for(nc, with_memory, "bob", "bobs-session", question)
         assert "Ada" not in bob and bob == with_memory.llm_system_prompt
 
-        assert await recall.forget(recall.over_bus(nc, with_memory.prefix), "alice") == 1
+        # alice asks in a second session: when that turn ends, the memory kind stores the
+        # memories for the session's next turn, which then needs no recall at all
+        asked = LlmRequest("second-session", "t1", question)
+        headers = {USER_HEADER: "alice"}
+        await bus.publish(js, subject, asked, msg_id="second.t1.llm", headers=headers)
+        await until(lambda: remembering.handled == 2, timeout=120)
+        stored = await prompt_for(
+            nc, with_memory, "alice", "second-session", "And her age?", ask=False
+        )
+        assert FACT in stored
+
+        assert await recall.forget(recall.over_bus(nc, with_memory.prefix), "alice") == 2
         forgotten = await prompt_for(nc, with_memory, "alice", "third-session", question)
         assert "Ada" not in forgotten

@@ -7,7 +7,6 @@ the shipped SmolLM2 GGUF on a free port; Ollama speaks the same protocol.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,11 @@ from processors.runtime import Worker
 from schemas import ErrorEvent, LlmRequest, ReplyDelta, ReplyDone, Subjects
 from streams import bus, definitions
 from streams.settings import Settings
+from testbed.ports import free_port
 from tests.integration.bus_helpers import stored, until
 from tests.integration.workers import running
 
 S = Subjects()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

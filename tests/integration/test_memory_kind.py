@@ -15,10 +15,10 @@ from nats.js import JetStreamContext
 from processors import memory
 from schemas import ReplyDone, Subjects, Unavailable
 from schemas.codec import USER_HEADER
-from store.recall import Ask, forget, over_bus, prompt_lines
+from store.recall import Ask, decode, forget, over_bus, prompt_lines
 from store.recall import recall as recall_from
 from store.records import Memory
-from streams import bus
+from streams import bus, definitions
 from streams.settings import Settings
 from tests.integration.bus_helpers import until
 from tests.integration.workers import running
@@ -42,13 +42,15 @@ async def recall(nc: Client, settings: Settings, user: str, text: str, limit: in
     return await recall_from(ask, user, text, limit, settings.memory_recall_timeout_s)
 
 
-async def reply_done(js: JetStreamContext, settings: Settings, user: str, asked: str) -> None:
-    """A finished reply, as the LLM publishes it while handling ``user``'s turn."""
+async def reply_done(js: JetStreamContext, settings: Settings, user: str, asked: str) -> str:
+    """A finished reply, as the LLM publishes it while handling ``user``'s turn; its
+    session's id."""
     sid, turn = uuid.uuid4().hex, "t1"
     done = ReplyDone(sid, turn, "Ada is a lovely name.", sentences=1, asked=asked)
     subject = Subjects(settings.prefix).events(sid, done.TYPE)
     headers = {USER_HEADER: user} if user else None
     await bus.publish(js, subject, done, msg_id=f"{sid}.{turn}.done", headers=headers)
+    return sid
 
 
 async def test_a_user_recalls_what_they_said_and_forgets_it(
@@ -100,3 +102,18 @@ async def test_with_no_memory_worker_recall_is_empty_and_forget_is_unavailable(
     assert await recall(nc, with_memory, "alice", "what is my sister's name?", 3) == []
     with pytest.raises(Unavailable):
         await forget(asker(nc, with_memory), "alice")
+
+
+async def test_when_a_turn_ends_the_sessions_next_turn_gets_its_memories_stored(
+    with_memory: Settings, js: JetStreamContext
+) -> None:
+    async with running(memory.SPEC, with_memory) as worker:
+        first = await reply_done(js, with_memory, "alice", "my sister is called Ada")
+        await until(lambda: worker.handled == 1, timeout=30)
+        second = await reply_done(js, with_memory, "alice", "what is my sister's name?")
+        await until(lambda: worker.handled == 2, timeout=30)
+    kv = await definitions.key_value(js, with_memory, definitions.RECALLED)
+    mine = decode((await kv.get(definitions.kv_key(first))).value)
+    assert mine == []  # its own turn is in its context already
+    [ada] = decode((await kv.get(definitions.kv_key(second))).value)
+    assert (ada.text, ada.sid) == ("my sister is called Ada", first)

@@ -11,7 +11,7 @@ import pytest_asyncio
 from processors import vad
 from streams import embedded
 from streams.settings import Settings
-from testbed.morgan_process import free_port
+from testbed.ports import free_port
 from tests.fakes.consul import FakeConsul
 from tests.integration.bus_helpers import until
 from tests.integration.workers import running

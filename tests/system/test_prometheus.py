@@ -40,7 +40,6 @@ import contextlib
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -59,7 +58,8 @@ from processors import hardware, registry
 from streams.registry import PASSING, service_name, service_tags
 from streams.settings import Settings
 from testbed.audio import silence, speak
-from testbed.morgan_process import ROOT, MorganUp, VoiceClient, free_port
+from testbed.morgan_process import ROOT, MorganUp, VoiceClient
+from testbed.ports import bindable, free_port
 
 pytestmark = pytest.mark.system
 
@@ -99,17 +99,8 @@ def metrics_base() -> int:
     """A MORGAN_METRICS_PORT whose next ``len(KINDS)`` ports are free too."""
     while True:
         base = free_port()
-        if base + len(KINDS) < 65536 and all(_free(base + 1 + i) for i in range(len(KINDS))):
+        if base + len(KINDS) < 65536 and all(bindable(base + 1 + i) for i in range(len(KINDS))):
             return base
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def consul_services(http_port: int, metrics_port: int) -> dict[str, dict[str, str]]:

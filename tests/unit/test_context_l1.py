@@ -5,6 +5,7 @@ from __future__ import annotations
 from store.context_cache import KEEP, L1, ContextCache, merged
 from store.records import Exchange
 from streams.settings import Settings
+from tests.context_helpers import DictL3
 
 
 class Clock:
@@ -13,18 +14,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class DictL3:
-    """A session's exchanges held in a dict, as the history would return them."""
-
-    def __init__(self, sessions: dict[str, list[Exchange]] | None = None) -> None:
-        self.sessions = {} if sessions is None else sessions
-        self.reads = 0
-
-    async def exchanges(self, sid: str, limit: int) -> list[Exchange]:
-        self.reads += 1
-        return self.sessions.get(sid, [])[-limit:]
 
 
 NO_REDIS = Settings(redis_url="", redis_cluster_nodes="")

@@ -3,7 +3,6 @@ through a faked NVML (no GPU here)."""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from processors import metrics
+from testbed.ports import free_port
 
 
 def sample(name: str, **labels: str) -> float:
@@ -193,13 +193,6 @@ def test_without_an_nvidia_driver_no_gpu_collector_is_registered(
     registry = CollectorRegistry()
     assert metrics.install_gpu_collector(registry) is False
     assert list(registry.collect()) == []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_serve_exposes_the_processor_metrics_over_http(monkeypatch: pytest.MonkeyPatch) -> None:
