@@ -77,13 +77,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.gateway = gw
         await gw.watch_turn_ends()
         poller = asyncio.create_task(load.run(js))
+        checker = asyncio.create_task(stores.watch())
         try:
             async with presence.registered(settings, nc, settings.http_port):
                 yield
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in (poller, checker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await config.stop()
             await stores.close()
             try:
@@ -106,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
         ``unavailable`` (503) without the bus."""
         gw = gateway_of(request)
         up = gw.nc.is_connected
-        stores = await gw.stores.health()
+        stores = gw.stores.report
         whole = all(state in ("ok", "none") for state in stores.values())
         body = {
             "status": ("ok" if whole else "degraded") if up else "unavailable",

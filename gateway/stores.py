@@ -3,13 +3,16 @@ Redis (forgetting), and how each is doing (``/health``).
 
 No database configured: the conversations API answers 503 ``no_history``. PostgreSQL or
 Redis unreachable: ``/health`` says ``degraded`` (the voice loop does not need them) and
-each call tries again, so the gateway recovers by itself.
+each call tries again, so the gateway recovers by itself. ``watch`` checks the stores
+every ``CHECK_S`` in the background, so ``/health`` answers at once from the last check
+however long an unreachable host takes to time out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas import Unavailable
 from store.context_cache import ContextCache
@@ -17,6 +20,8 @@ from store.history import History
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.gateway.stores")
+CHECK_S = 2.0
+"""Seconds between two checks of the stores for ``/health``."""
 
 
 @dataclass
@@ -28,13 +33,22 @@ class Stores:
     """Writes and deletes (the primary); None without a database or while unreachable."""
     reads: History | None = None
     """Conversation reads (``database_read_url``, may be a replica)."""
+    report: dict[str, str] = field(default_factory=dict)
+    """Each store's state at the last check: ``ok``, ``none`` (not configured) or why not."""
 
     @classmethod
     async def open(cls, settings: Settings) -> Stores:
         stores = cls(settings, ContextCache(settings, None))
         if settings.database_url:
             await stores._connect()
+        stores.report = await stores.health()
         return stores
+
+    async def watch(self) -> None:
+        """Check the stores every ``CHECK_S`` until cancelled (``report``)."""
+        while True:
+            await asyncio.sleep(CHECK_S)
+            self.report = await self.health()
 
     async def _connect(self) -> None:
         """Open the pools that are not open yet; unreachable ones are tried next time."""
