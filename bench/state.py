@@ -371,9 +371,10 @@ async def history_throughput(
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(temp_database(admin_dsn))
         await (await History.open(dsn)).close()  # the schema, before any worker starts
-        store = tmp / f"nats-history-{workers}"
+        run = f"{workers}-{uuid.uuid4().hex[:8]}"  # a fresh server and store for each run
+        store = tmp / f"nats-history-{run}"
         srv = await stack.enter_async_context(await embedded.start(store_dir=store))
-        settings = Settings(nats_url=srv.url, prefix=prefix, data_dir=tmp / f"data-{workers}")
+        settings = Settings(nats_url=srv.url, prefix=prefix, data_dir=tmp / f"data-{run}")
         nc = await bus.connect(settings, "bench-state")
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
