@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas import Unavailable
@@ -63,21 +64,21 @@ class Stores:
             log.warning("gateway: history database unreachable: %s", exc)
 
     async def writer(self) -> History:
-        """The history's primary, or ``Unavailable``/``no_history``."""
-        if not self.settings.database_url:
-            raise NoHistory()
-        await self._connect()
-        if self.history is None:
-            raise Unavailable("the history database is unreachable")
-        return self.history
+        """The history's primary, or ``Unavailable``/``NoHistory``."""
+        return await self._pool(lambda: self.history)
 
     async def reader(self) -> History:
+        """Where conversations are read (a replica, when configured)."""
+        return await self._pool(lambda: self.reads)
+
+    async def _pool(self, which: Callable[[], History | None]) -> History:
         if not self.settings.database_url:
             raise NoHistory()
         await self._connect()
-        if self.reads is None:
+        pool = which()
+        if pool is None:
             raise Unavailable("the history database is unreachable")
-        return self.reads
+        return pool
 
     async def health(self) -> dict[str, str]:
         """Each store: ``ok``, ``none`` (not configured) or why it is not ok."""

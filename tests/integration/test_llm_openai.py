@@ -22,6 +22,7 @@ from processors.runtime import Worker
 from schemas import ErrorEvent, LlmRequest, ReplyDelta, ReplyDone, Subjects
 from streams import bus, definitions
 from streams.settings import Settings
+from testbed import processes
 from testbed.ports import free_port
 from tests.integration.bus_helpers import stored, until
 from tests.integration.workers import running
@@ -55,12 +56,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.1)  # polling the server with a deadline, not synchronising
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        processes.stop(proc)
 
 
 @asynccontextmanager

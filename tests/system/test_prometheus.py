@@ -57,6 +57,7 @@ from gateway import presence
 from processors import hardware, registry
 from streams.registry import PASSING, service_name, service_tags
 from streams.settings import Settings
+from testbed import processes
 from testbed.audio import silence, speak
 from testbed.morgan_process import ROOT, MorganUp, VoiceClient
 from testbed.ports import bindable, free_port
@@ -230,12 +231,7 @@ def daemon(argv: list[str], port: int, log: Path, ready: str) -> Iterator[Daemon
         wait_ready(started, ready)
         yield started
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc)
 
 
 @pytest.fixture(scope="module")
