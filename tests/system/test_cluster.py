@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -87,7 +88,15 @@ class Reader:
             ack_wait=5.0,
             num_replicas=3,
         )
-        await definitions.ensure_consumer(self.js, definitions.EVENTS, cfg)
+        deadline = time.monotonic() + 30
+        while True:  # a consumer leader is being elected just now: ask again
+            try:
+                await definitions.ensure_consumer(self.js, definitions.EVENTS, cfg)
+                break
+            except (NatsError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
         sub = await self.js.pull_subscribe_bind(self.durable, stream=definitions.EVENTS)
         while not stop.is_set():
             try:
@@ -152,8 +161,10 @@ async def test_a_client_keeps_publishing_and_consuming_when_its_node_is_killed(
         stored = (await js.stream_info(definitions.EVENTS, subjects_filter=subject)).state
     finally:
         stop.set()
-        await asyncio.wait_for(reading, 10)
-        await nc.close()
+        try:
+            await asyncio.wait_for(reading, 10)
+        finally:
+            await nc.close()  # even when the reader failed: no socket left for later tests
     assert acked == total
     assert stored.messages == total, "the stream lost an acknowledged message"
     missing = sorted(set(range(total)) - set(reader.seen))
