@@ -104,17 +104,12 @@ async def forget_user(request: Request, gw: Gateway, user: str) -> Response:
         await gw.stores.cache.forget(sids, user)
         await _drop_recalled(gw, sids)
         ask = recall.over_bus(gw.nc, gw.settings.prefix)
-        memories = await recall.forget(ask, user) if _has_memory(gw) else 0
+        memories = await recall.forget(ask, user) if gw.settings.long_term_memory else 0
         await _tell_workers(gw, Forget(user))
         body = {"user": user, "conversations": len(sids), "memories": memories}
         return JSONResponse(body)
 
     return await _guarded(gw, answer)
-
-
-def _has_memory(gw: Gateway) -> bool:
-    """Whether this deployment keeps long-term memory (a memory kind should answer)."""
-    return bool(gw.settings.qdrant_url or gw.settings.qdrant_path)
 
 
 async def _drop_recalled(gw: Gateway, sids: list[str]) -> None:

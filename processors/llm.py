@@ -102,7 +102,7 @@ def prompt(
     """System prompt (with the user's memories, dated), earlier exchanges (oldest first),
     then the user's words."""
     if memories:
-        remembered = "\n".join(recall.prompt_lines(list(memories)))
+        remembered = "\n".join(recall.prompt_lines(memories))
         system = f"{system}\n\nFrom earlier conversations with this user:\n{remembered}"
     messages = [{"role": "system", "content": system}] if system else []
     for exchange in history:
@@ -122,8 +122,7 @@ async def messages_for(request: LlmRequest, context: ContextCache, ctx: Context)
     """
     settings = ctx.settings
     keep = settings.llm_history_turns
-    memory_on = bool(settings.qdrant_url or settings.qdrant_path)
-    limit = settings.memory_recall if memory_on else 0
+    limit = settings.memory_recall if settings.long_term_memory else 0
     recent, memories = await asyncio.gather(
         _recent(context, request, ctx.user, keep + 1) if keep else _nothing(),
         _memories(ctx, request, limit),

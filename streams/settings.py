@@ -322,6 +322,11 @@ class Settings(BaseSettings):
         return frozenset(self.api_key_users)
 
     @property
+    def long_term_memory(self) -> bool:
+        """Whether this deployment keeps long-term memory (Qdrant server or local mode)."""
+        return bool(self.qdrant_url or self.qdrant_path)
+
+    @property
     def read_url(self) -> str:
         """Where conversations are read from."""
         return self.database_read_url or self.database_url
