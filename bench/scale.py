@@ -219,6 +219,7 @@ async def main(args: argparse.Namespace) -> int:
             net = netns.Network(HOSTS, Path(tmp) / "chaos").up()
             try:
                 dep = await start_morgan(net, spare_llm=True)
+                dep.restart_nice = args.restart_nice
                 utts = [silence(300) + speak(p) + silence(900) for p in QUESTIONS]
                 runs = {}
                 for kill in (False, True):  # the same conversations, without kills first
@@ -240,7 +241,8 @@ async def main(args: argparse.Namespace) -> int:
                 )
                 results.append(
                     f"chaos ({args.chaos} conversations x {args.turns} turns, "
-                    f"{len(res.kills)} kills{'' if not args.no_vad else ', no VAD kills'}, "
+                    f"{len(res.kills)} kills{'' if not args.no_vad else ', no VAD kills'}"
+                    f"{f', restarts at nice {args.restart_nice}' if args.restart_nice else ''}, "
                     f"{res.seconds:.0f} s): {res.tally.line()}; p95 over the no-kill run: "
                     f"+{res.tally.p95() - calm.tally.p95():.2f} s (target <= 3 s)"
                 )
@@ -289,6 +291,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=3, help="turns per chaos conversation")
     p.add_argument("--parallel", type=int, default=5, help="chaos conversations at once")
     p.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
+    p.add_argument(
+        "--restart-nice",
+        type=int,
+        default=0,
+        help="niceness of restarted workers (19: a model reload takes only idle CPU, "
+        "as on hosts that do not share cores)",
+    )
     p.add_argument("--no-vad", action="store_true", help="never kill VAD workers")
     p.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.md")
     return p.parse_args()

@@ -153,9 +153,13 @@ class MemoryContext:
     async def key_value(self, bucket: str) -> KvStore:
         if bucket not in definitions.bucket_configs(self.settings):
             raise KeyError(f"KV bucket {bucket!r} is not declared in streams.definitions")
+        if bucket not in self.spec.buckets:
+            raise KeyError(f"kind {self.spec.kind} uses KV {bucket!r} without Spec.buckets")
         return self.buckets.setdefault(bucket, MemoryKv())
 
     async def ask(self, kind: str, endpoint: str, body: bytes, timeout: float) -> bytes:
+        if f"{kind}.{endpoint}" not in self.spec.asks:
+            raise KeyError(f"kind {self.spec.kind} asks {kind}.{endpoint} without Spec.asks")
         answer = self.answers.get((kind, endpoint))
         if answer is None:
             raise Unavailable(f"{kind}.{endpoint}: no answer (no worker)")

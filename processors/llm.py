@@ -234,4 +234,6 @@ SPEC = Spec(
     describe=describe,
     health=health,
     on_control=on_control,
+    buckets={definitions.RECALLED: "read"},
+    asks=("memory.recall",),
 )

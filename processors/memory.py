@@ -149,4 +149,5 @@ SPEC = Spec(
     describe=describe,
     max_deliver=-1,  # EVENTS is the write queue: a Qdrant outage loses nothing
     endpoints={"recall": answer_recall, "forget": answer_forget},
+    buckets={definitions.RECALLED: "write"},
 )

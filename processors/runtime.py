@@ -96,7 +96,12 @@ class Worker:
             metrics.model_loaded(kind, time.perf_counter() - started)
             consumers = self.spec.consumers(self.settings, self.tiers)
             metrics.declare(kind, [tier for tier, _ in consumers])
-            await definitions.apply(js, self.settings, [c for _, c in consumers])
+            await definitions.apply(
+                js,
+                self.settings,
+                [c for _, c in consumers],
+                update=bus.may_configure(self.settings),
+            )
             if self.router is None:
                 self.router = TierRouter(nc, js, self.settings)
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)

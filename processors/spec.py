@@ -123,6 +123,11 @@ class Spec:
     """Requests the kind answers, by name (``<prefix>.svc.<kind>.<name>``)."""
     on_control: ControlHook | None = None
     """What the kind does with control messages beyond what the runtime does."""
+    buckets: Mapping[str, str] = field(default_factory=dict)
+    """KV buckets (``streams.definitions``) the kind uses -> ``read`` or ``write``; its NATS
+    role may touch only these (a claim kind's owner records need no entry)."""
+    asks: tuple[str, ...] = ()
+    """Other kinds' endpoints the kind asks, as ``kind.endpoint`` (``memory.recall``)."""
     health: Callable[[Any], Awaitable[str]] | None = None
     """Why the worker is degraded ("" = it is not), e.g. a store it uses is away; shown as
     a Consul ``warning`` and in ``status`` until it passes again."""

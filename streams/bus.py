@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import ssl
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
@@ -10,6 +12,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from schemas import Message, MorganError, Unavailable, encode
+from streams import nats_auth
 from streams.settings import Settings
 
 log = logging.getLogger("morgan.bus")
@@ -41,6 +44,9 @@ async def connect(
     return await nats.connect(
         servers=settings.nats_urls,
         name=name,
+        tls=tls_context(settings),
+        nkeys_seed=settings.nats_seed_file or None,
+        inbox_prefix=inbox_prefix(settings),
         connect_timeout=connect_timeout,
         reconnect_time_wait=0.5,
         max_reconnect_attempts=-1 if keep_trying else 1,
@@ -52,6 +58,36 @@ async def connect(
         reconnected_cb=on_reconnect,
         drain_timeout=DRAIN_S,
     )
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client side of TLS to NATS: verify the servers against ``nats_tls_ca`` and
+    present ``nats_tls_cert`` when the servers ask for a client certificate (mTLS).
+    None when no CA is configured (plain TCP, or ``tls://`` URLs with system CAs)."""
+    if not settings.nats_tls_ca:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.nats_tls_cert:
+        ctx.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key or None)
+    return ctx
+
+
+def inbox_prefix(settings: Settings) -> str:
+    """Reply subjects of this connection: ``_INBOX_<role>`` for an authenticated role, so
+    the server can let each role read only its own replies (streams.nats_auth)."""
+    role = role_of(settings)
+    return f"_INBOX_{role}" if role else "_INBOX"
+
+
+def role_of(settings: Settings) -> str:
+    """The role a seed file authenticates as: its file name without ``.nk``."""
+    return Path(settings.nats_seed_file).stem if settings.nats_seed_file else ""
+
+
+def may_configure(settings: Settings) -> bool:
+    """Whether this connection may change streams (no credentials, or the admin's)."""
+    return role_of(settings) in ("", nats_auth.ADMIN)
 
 
 async def publish(

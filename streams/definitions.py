@@ -7,6 +7,7 @@ config updates them in place. See docs/design.md for why each is shaped so.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from nats.js.kv import KeyValue
 
 from schemas.subjects import Subjects
 from streams.settings import Settings
+
+log = logging.getLogger("morgan.definitions")
 
 AUDIO = "AUDIO"
 WORK = "WORK"
@@ -136,14 +139,27 @@ def session_audio_consumer(
 
 
 async def apply(
-    js: JetStreamContext, settings: Settings, consumers: Iterable[Consumer] = ()
+    js: JetStreamContext,
+    settings: Settings,
+    consumers: Iterable[Consumer] = (),
+    *,
+    update: bool = True,
 ) -> None:
-    """Create or update every stream, then the given consumers (a worker's own)."""
+    """Create every stream that is missing, then the given consumers (a worker's own).
+    ``update``: also bring an existing stream to this declaration (only the NATS role
+    ``admin`` may; others create what is missing and leave the rest, logging a change)."""
     for cfg in stream_configs(settings):
         try:
             await js.add_stream(cfg)
-        except BadRequestError:
-            await js.update_stream(cfg)
+        except BadRequestError as exc:
+            if update:
+                await js.update_stream(cfg)
+            else:
+                log.warning(
+                    "stream %s differs from this version's (%s): admin updates it",
+                    cfg.name,
+                    exc.description,
+                )
     for consumer in consumers:
         await ensure_consumer(js, consumer.stream, consumer.config(settings))
 
@@ -157,6 +173,8 @@ CONFIG = "MORGAN_CONFIG"
 RECALLED = "MORGAN_RECALLED"
 """KV: each session's long-term memories for its next turn, found by the memory kind
 when a turn ends (docs/data.md), keyed by ``kv_key(sid)``."""
+API_KEYS = "MORGAN_API_KEYS"
+"""KV: hashed API keys, one entry per key under its hash (gateway/keys.py); no TTL."""
 
 _PLAIN_KEY = re.compile(r"[-_=A-Za-z0-9]+")
 
@@ -179,6 +197,7 @@ def bucket_configs(settings: Settings) -> dict[str, KeyValueConfig]:
             bucket=SESSIONS, ttl=settings.events_max_age_s, replicas=replicas, storage=file
         ),
         CONFIG: KeyValueConfig(bucket=CONFIG, history=5, replicas=replicas, storage=file),
+        API_KEYS: KeyValueConfig(bucket=API_KEYS, history=5, replicas=replicas, storage=file),
         RECALLED: KeyValueConfig(
             bucket=RECALLED,
             history=1,

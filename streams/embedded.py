@@ -46,6 +46,28 @@ class ClusterConfig:
     """Other members, as ``nats-route://host:port``."""
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for a server's client and route connections (``morgan certs`` makes the files).
+    ``verify``: clients and routes must present a certificate signed by ``ca`` (mTLS)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    verify: bool = True
+
+    def block(self, indent: str = "") -> list[str]:
+        return [
+            f"{indent}tls {{",
+            f'{indent}  cert_file: "{self.cert}"',
+            f'{indent}  key_file: "{self.key}"',
+            f'{indent}  ca_file: "{self.ca}"',
+            f"{indent}  verify: {'true' if self.verify else 'false'}",
+            f"{indent}  timeout: 2",
+            f"{indent}}}",
+        ]
+
+
 @dataclass
 class EmbeddedNats:
     process: asyncio.subprocess.Process
@@ -118,8 +140,11 @@ def config_text(
     server_name: str,
     cluster: ClusterConfig | None,
     sync_interval: str,
+    tls: ServerTls | None = None,
+    authorization: str = "",
 ) -> str:
-    """nats-server configuration. ``-1`` ports mean 'choose one'."""
+    """nats-server configuration. ``-1`` ports mean 'choose one'. ``authorization``: the
+    block of users and permissions (streams.nats_auth), empty = anyone may connect."""
     lines = [
         f'server_name: "{server_name}"',
         f'listen: "{host}:{port or -1}"',
@@ -131,6 +156,10 @@ def config_text(
         f'  sync_interval: "{sync_interval}"',
         "}",
     ]
+    if tls is not None:
+        lines += tls.block()
+    if authorization:
+        lines.append(authorization.rstrip("\n"))
     if cluster is not None:
         lines += [
             "cluster {",
@@ -140,6 +169,7 @@ def config_text(
             # deploy/nats/*.conf: a client behind a proxy or NAT stays behind it.
             "  no_advertise: true",
             "  routes: [" + ", ".join(f'"{r}"' for r in cluster.routes) + "]",
+            *(tls.block("  ") if tls is not None else []),
             "}",
         ]
     return "\n".join(lines) + "\n"
@@ -154,6 +184,8 @@ async def start(
     server_name: str = "morgan",
     cluster: ClusterConfig | None = None,
     sync_interval: str = SYNC_INTERVAL,
+    tls: ServerTls | None = None,
+    authorization: str = "",
     timeout: float = 10.0,
 ) -> EmbeddedNats:
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +199,8 @@ async def start(
             server_name=server_name,
             cluster=cluster,
             sync_interval=sync_interval,
+            tls=tls,
+            authorization=authorization,
         )
     )
     proc, log, ports = await _launch(conf, [], timeout)

@@ -28,6 +28,21 @@ class Settings(BaseSettings):
     """Seconds between client pings; two unanswered pings mean the server is gone and the
     client moves to another: about 4-6 s after a node dies or is cut off (5 s x 3 pings,
     as before, left clients on a partitioned node for 11-16 s). Env: MORGAN_NATS_PING_S."""
+    nats_seed_file: str = ""
+    """This process's NKey seed file (``morgan nats-auth`` makes one per role; ``morgan up``
+    makes them under the data dir): the connection authenticates as that role and may use
+    only its subjects (docs/security.md). Empty (default) = connect without credentials.
+    Env: MORGAN_NATS_SEED_FILE."""
+    nats_tls_ca: str = ""
+    """CA bundle (PEM path) that signed the NATS servers' certificates; set, connections
+    use TLS and verify the server. Empty (default) = plain TCP unless the URL is
+    ``tls://``. Env: MORGAN_NATS_TLS_CA."""
+    nats_tls_cert: str = ""
+    """Client certificate (PEM path) presented to NATS servers that verify clients (mTLS,
+    ``morgan certs``); empty (default) = none. Env: MORGAN_NATS_TLS_CERT."""
+    nats_tls_key: str = ""
+    """Private key (PEM path) of ``nats_tls_cert``; empty (default) = none.
+    Env: MORGAN_NATS_TLS_KEY."""
     prefix: str = "morgan"
     """First token of every subject. Env: MORGAN_PREFIX."""
     data_dir: Path = Path.home() / ".local" / "share" / "morgan"
@@ -80,6 +95,14 @@ class Settings(BaseSettings):
     conversations and memories the key reaches; a key without one is its own user,
     ``k-`` + 16 hex digits of its hash); empty = no auth, and every client is the user
     ``local``. Env: MORGAN_API_KEYS."""
+    api_keys_file: str = ""
+    """File of hashed API keys (``morgan keys add``), re-read when it changes: new keys,
+    users and revocations apply without a restart; empty (default) = none.
+    Env: MORGAN_API_KEYS_FILE."""
+    key_rate_per_min: int = Field(120, ge=1)
+    """Requests (HTTP requests, WebSocket opens and typed turns) one API key may make per
+    minute on one gateway, count (default 120); past it 429 with Retry-After.
+    Env: MORGAN_KEY_RATE_PER_MIN."""
     max_queue_depth: int = Field(50, ge=1)
     """Pending work past which new requests get 503. Env: MORGAN_MAX_QUEUE_DEPTH."""
     retry_after_s: int = Field(5, ge=1)

@@ -49,6 +49,10 @@ class Deployment:
     workers: dict[str, tuple[Host, list[str], dict[str, str], Proc]] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     route_names: list[str] = field(default_factory=list)
+    restart_nice: int = 0
+    """Niceness of workers that ``restore`` restarts: on a machine where every "host"
+    shares the same cores, a restarted worker's model load then takes CPU only from
+    idle time, as it would on a host of its own (bench/scale.py --restart-nice)."""
 
     @property
     def nodes(self) -> list[Host]:
@@ -147,11 +151,13 @@ class Deployment:
 
     # --- processors and gateways ---
 
-    def start_worker(self, key: str, host: Host, args: list[str], **env: str) -> Proc:
+    def start_worker(
+        self, key: str, host: Host, args: list[str], nice: int = 0, **env: str
+    ) -> Proc:
         """``python -m processors KIND`` (or ``-m gateway``) on ``host``, remembered by key."""
         full_env = self.env(host, **env)
         ready = READY["gateway"] if args[-1] == "gateway" else b" ready on "
-        proc = host.python(key, args, full_env, ready=ready)
+        proc = host.python(key, args, full_env, ready=ready, nice=nice)
         self.workers[key] = (host, args, env, proc)
         return proc
 
@@ -193,7 +199,7 @@ class Deployment:
             await self.wait_formed()
         for key, (host, args, env, proc) in list(self.workers.items()):
             if not proc.alive:
-                restarted.append(self.start_worker(key, host, args, **env))
+                restarted.append(self.start_worker(key, host, args, self.restart_nice, **env))
         await asyncio.gather(*(p.wait_ready() for p in restarted))
 
     @asynccontextmanager

@@ -79,6 +79,11 @@ class MorganUp:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("morgan up did not get ready:\n" + self.log())
 
+    def violations(self) -> list[str]:
+        """Lines where the NATS server refused one of Morgan's roles a subject: each role's
+        permissions (processors.permissions) must cover everything it does."""
+        return [line for line in self.err if "permissions violation" in line.lower()]
+
     def log(self) -> str:
         return "".join(self.out) + "".join(self.err[-200:])
 

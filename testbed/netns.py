@@ -209,9 +209,15 @@ class Host:
         return proc
 
     def python(
-        self, name: str, args: Sequence[str], env: Mapping[str, str], ready: bytes | None = None
+        self,
+        name: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        ready: bytes | None = None,
+        nice: int = 0,
     ) -> Proc:
-        return self.spawn(name, [sys.executable, *args], env, ready)
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        return self.spawn(name, [*prefix, sys.executable, *args], env, ready)
 
     def kill(self, proc: Proc, sig: int = signal.SIGKILL, timeout: float = 30.0) -> int:
         """Signal the process and everything it started; wait for it (reaped)."""

@@ -131,3 +131,4 @@ async def test_twenty_typed_turns_through_database_and_redis_outages_are_each_re
             redis.stop()
             shutil.rmtree(redis_dir, ignore_errors=True)
         assert code == 0, up.log()[-3000:]
+        assert up.violations() == [], "a role lacks a permission it needs"

@@ -31,6 +31,7 @@ def morgan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MorganUp]:
     finally:
         code = up.stop()
         assert code == 0, up.log()
+        assert up.violations() == [], "a role lacks a permission it needs"
 
 
 def words(text: str) -> set[str]:

@@ -1,0 +1,179 @@
+"""Each NATS role's permissions, derived from the kind declarations (docs/security.md).
+
+A kind's role may read only its own consumers, publish only the subjects its ``Spec``
+declares (events of the types it ``publishes``, work to the kinds that accept what it
+forwards, reply audio, control), touch only the KV buckets in ``Spec.buckets`` and ask
+only the endpoints in ``Spec.asks``. The gateway's role follows from the kinds too
+(claims to claim kinds, typed turns to the kinds that take an ``LlmRequest``). Nobody
+but ``admin`` may make, change or delete streams and buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from processors.spec import EventTap, SessionClaims, Spec
+from schemas import (
+    AudioChunk,
+    Cancel,
+    ErrorEvent,
+    Forget,
+    LlmRequest,
+    Message,
+    ReplyCancelled,
+    SessionClaim,
+    SessionEnd,
+    Transcript,
+    events,
+)
+from schemas.subjects import TIERS, Subjects
+from streams import definitions
+from streams.definitions import AUDIO, EVENTS, WORK
+from streams.nats_auth import (
+    ADMIN,
+    API,
+    GATEWAY,
+    OPERATOR,
+    Permissions,
+    Role,
+    allow,
+    any_consumer,
+    consumer,
+    create_streams,
+    kv_read,
+    kv_write,
+    read_messages,
+    replies,
+    service,
+    stream_info,
+)
+from streams.settings import Settings
+
+CONTROL_TYPES: tuple[type[Message], ...] = (Cancel, SessionEnd, Forget)
+
+
+def roles(settings: Settings, specs: Iterable[Spec]) -> list[Role]:
+    """Every role of a deployment running ``specs``: admin, operator, gateway, each kind."""
+    specs = list(specs)
+    return [
+        Role(ADMIN),
+        Role(OPERATOR, operator(settings)),
+        Role(GATEWAY, gateway(settings, specs)),
+        *(Role(spec.kind, kind(settings, spec, specs)) for spec in specs),
+    ]
+
+
+def _common(settings: Settings, role: str) -> Permissions:
+    """What every Morgan process does: replies on its own inbox, live configuration from
+    the CONFIG bucket, control messages (cancel, session end, forget)."""
+    s = Subjects(settings.prefix)
+    return (
+        replies(role)
+        | kv_read(definitions.CONFIG)
+        | allow(subscribe=[s.control()])
+        | create_streams([AUDIO, WORK, EVENTS])
+    )
+
+
+def _work_subjects(s: Subjects, spec: Spec) -> list[str]:
+    return [s.work(spec.kind, t) for t in TIERS] if spec.tiered else [s.work(spec.kind)]
+
+
+def _work_to(settings: Settings, sent: Iterable[type[Message]], specs: list[Spec]) -> Permissions:
+    """Publishing work of the ``sent`` types to every kind that accepts one of them (the
+    route table picks among those at run time), and seeing whether their gpu tier keeps
+    up (``processors.routing``)."""
+    s = Subjects(settings.prefix)
+    sent = tuple(sent)
+    perms = Permissions()
+    for target in specs:
+        if isinstance(target.input, EventTap) or not any(t in target.accepts for t in sent):
+            continue
+        perms |= allow(publish=_work_subjects(s, target))
+        if target.tiered:
+            perms |= allow(
+                publish=[
+                    f"{API}.CONSUMER.INFO.{WORK}.{target.durable('gpu')}",
+                    f"$SRV.PING.morgan-{target.kind}",
+                ]
+            )
+    return perms
+
+
+def kind(settings: Settings, spec: Spec, specs: list[Spec]) -> Permissions:
+    s = Subjects(settings.prefix)
+    perms = _common(settings, spec.kind) | service(
+        f"morgan-{spec.kind}", f"{s.prefix}.svc.{spec.kind}.*"
+    )
+    for _, c in spec.consumers(settings):
+        perms |= consumer(c.stream, c.durable)
+    if spec.tiered:  # its cpu workers move work stranded on a dead gpu tier to cpu
+        perms |= allow(publish=[s.work(spec.kind, "cpu"), f"$SRV.PING.morgan-{spec.kind}"])
+    if isinstance(spec.input, SessionClaims):
+        perms |= any_consumer(AUDIO) | kv_write(definitions.OWNERS)
+    # the runtime publishes ``error`` events for any kind (a message it gave up on)
+    sent = [ErrorEvent, *(t for t in spec.publishes if _is_event(t))]
+    perms |= allow(publish=[f"{s.prefix}.events.*.{t.TYPE}" for t in sent])
+    if AudioChunk in spec.publishes:
+        perms |= allow(publish=[f"{s.prefix}.audio.out.*"])
+    if any(t in spec.publishes for t in CONTROL_TYPES):
+        perms |= allow(publish=[s.control()])
+    perms |= _work_to(settings, spec.publishes, specs)
+    for bucket, mode in spec.buckets.items():
+        perms |= kv_write(bucket) if mode == "write" else kv_read(bucket)
+    perms |= allow(publish=[f"{s.prefix}.svc.{a}" for a in spec.asks])
+    return perms
+
+
+def gateway(settings: Settings, specs: list[Spec]) -> Permissions:
+    """Microphone frames in, claims and typed turns out, a session's events and reply
+    audio back (ordered consumers and core subscriptions), the session book, resume
+    reads, the work queue's depth, and every kind's endpoints (forgetting a user)."""
+    s = Subjects(settings.prefix)
+    return (
+        _common(settings, GATEWAY)
+        | allow(
+            publish=[
+                f"{s.prefix}.audio.in.*",
+                s.control(),
+                f"{s.prefix}.svc.>",
+                # a typed turn's transcript; a turn the client cancelled, for resume
+                f"{s.prefix}.events.*.{Transcript.TYPE}",
+                f"{s.prefix}.events.*.{ReplyCancelled.TYPE}",
+            ],
+            subscribe=[s.all_events, f"{s.prefix}.audio.out.*"],
+        )
+        | _work_to(settings, (SessionClaim, LlmRequest), specs)
+        | any_consumer(EVENTS)
+        | any_consumer(AUDIO)
+        | read_messages(EVENTS)
+        | read_messages(AUDIO)
+        | stream_info(WORK)
+        | allow(publish=[f"{API}.CONSUMER.LIST.{WORK}", f"{API}.CONSUMER.INFO.{WORK}.*"])
+        | kv_write(definitions.SESSIONS)
+        | kv_write(definitions.RECALLED)
+        | kv_read(definitions.API_KEYS)
+    )
+
+
+def operator(settings: Settings) -> Permissions:
+    """Read-only: subscribe to Morgan's subjects, ``nats micro ls``/``info``/``stats``,
+    account, stream and consumer info. No consumer may be made: on the work queue one
+    would take work away from the workers."""
+    return allow(
+        publish=[
+            "$SRV.>",
+            f"{API}.INFO",
+            f"{API}.STREAM.NAMES",
+            f"{API}.STREAM.LIST",
+            f"{API}.STREAM.INFO.*",
+            f"{API}.CONSUMER.NAMES.*",
+            f"{API}.CONSUMER.LIST.*",
+            f"{API}.CONSUMER.INFO.*.*",
+        ],
+        subscribe=[f"{settings.prefix}.>", "_INBOX.>", f"_INBOX_{OPERATOR}.>"],
+    )
+
+
+def _is_event(message_type: type[Message]) -> bool:
+    return getattr(events, message_type.__name__, None) is message_type
