@@ -3,17 +3,22 @@
     GET  /          the browser page          (open)
     GET  /health    NATS state + queue depth  (open)
     GET  /metrics   Prometheus text           (open)
-    GET  /ws        WebSocket voice session   (API key; 503 when overloaded, 429 past the
-                                               client's share of sessions)
+    GET  /ws        WebSocket voice session   (API key or ticket; 503 when overloaded, 429
+                                               past the client's share of sessions)
     POST /api/text  typed turn -> text + WAV  (API key; 503 when overloaded, 429 past the
                                                client's share of turns)
+    POST /api/session  a single-use ticket for /ws  (API key in a header)
     /api/conversations..., /api/users/{id}/memory  the user's history and memory (API key;
                                                gateway/conversations.py)
 
+Every route but the page, /health and /metrics takes an API key (gateway/auth.py) and
+one request of the key's rate (gateway/quota.py): 400 ``key_in_url``, 401
+``unauthorized`` or ``key_revoked``, 429 ``rate_limited``.
+
 The lifespan connects to NATS, applies the stream definitions, starts the live
 config (area ``gateway``: Consul KV, else NATS KV; docs/consul.md lists what
-applies live) and the queue-depth poller. docs/protocol.md describes what clients
-send and receive.
+applies live), the API key watch (gateway/key_ring.py) and the queue-depth poller.
+docs/protocol.md describes what clients send and receive.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ from starlette.websockets import WebSocket
 
 from gateway import auth, conversations, http_guard, presence, text_api
 from gateway.errors import error_response
+from gateway.key_ring import REVOKED_CLOSE, Caller, KeyRefused, KeyRing, KeyWatch
+from gateway.keys import KvKeys
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.overload import Load
-from gateway.quota import Quota
+from gateway.quota import Quota, RateLimited
 from gateway.session import Session
-from gateway.session_book import SessionBook
+from gateway.session_book import TICKET_TTL_S, BadTicket, SessionBook
 from gateway.state import Gateway, gateway_of
 from gateway.stores import Stores
 from streams import bus, definitions
@@ -54,8 +61,8 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-"""The page asks for the microphone and may carry an API key in its URL: no other site
-may frame it (a click-jacked permission prompt), and its URL is sent to no one."""
+"""The page asks for the microphone and may carry an API key in its URL's fragment: no
+other site may frame it (a click-jacked permission prompt), and its URL is sent to no one."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -65,17 +72,22 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await bus.connect(settings, f"morgan-gateway-{platform.node()}")
         js = nc.jetstream()
-        await definitions.apply(js, settings)
+        await definitions.apply(js, settings, update=bus.may_configure(settings))
         config = ConfigSource(settings, "gateway", nc=nc)
         live = await config.start()  # the store's settings, else a fresh cache's, else these
         load = Load(live, metrics)
         await load.poll_once(js)
         book = await SessionBook.open(js, settings)
         stores = await Stores.open(live)
-        gw = Gateway(live, nc, js, metrics, load, book, Quota(live), stores)
+        keys = KeyRing(live)
+        gw = Gateway(live, nc, js, metrics, load, book, Quota(live), stores, keys)
         config.subscribe(gw.reconfigure)
         app.state.gateway = gw
         await gw.watch_turn_ends()
+        key_file = Path(live.api_keys_file) if live.api_keys_file else None
+        bucket = await KvKeys.open(js, settings)
+        key_watch = KeyWatch(keys, bucket.kv, key_file, changed=gw.close_revoked)
+        await key_watch.start()  # no request is judged before the keys are read
         poller = asyncio.create_task(load.run(js))
         checker = asyncio.create_task(stores.watch())
         try:
@@ -86,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await key_watch.stop()
             await config.stop()
             await stores.close()
             try:
@@ -125,37 +138,60 @@ def create_app(settings: Settings) -> FastAPI:
     @app.websocket("/ws")
     async def voice(websocket: WebSocket) -> None:
         gw = gateway_of(websocket)
-        refused = http_guard.origin_refusal(websocket, gw.settings, gw.metrics)  # 403
-        if refused is None:
-            refused = refusal(websocket, gw, new_session=True)
-        client = auth.client_of(websocket, gw.settings.api_key_set)
-        if refused is None and not gw.quota.open_session(client):
+        admitted = http_guard.origin_refusal(websocket, gw.settings, gw.metrics) or await admit(
+            websocket, gw, new_session=True
+        )  # 403, then the caller or why not
+        if isinstance(admitted, Caller) and not gw.quota.open_session(admitted.client):
             limit = gw.settings.max_sessions_per_client
             message = f"this client already has {limit} open sessions"
-            refused = _refuse(gw, 429, "too_many_sessions", message, _retry(gw))
-        if refused is not None:
+            admitted = _refuse(gw, 429, "too_many_sessions", message, _retry(gw))
+        if not isinstance(admitted, Caller):
             try:
-                await websocket.send_denial_response(refused)
+                await websocket.send_denial_response(admitted)
             except RuntimeError:  # the server lacks the denial-response extension
-                await websocket.close(code=4000 + refused.status_code)
+                await websocket.close(code=4000 + admitted.status_code)
             return
+        caller = admitted
         try:
-            await websocket.accept()
-            principal = auth.principal(websocket, gw.settings.api_key_users)
-            await Session(gw, websocket, client, principal).run()
+            await websocket.accept(subprotocol=auth.subprotocol(websocket))
+            session = Session(gw, websocket, caller.client, caller.user)
+            # Revoking the key closes the session through its own close path.
+            with gw.open_sessions.hold(caller.key, session._close):
+                if caller.key is None or gw.keys.valid(caller.key):
+                    await session.run()
+                else:  # revoked while the socket opened
+                    await session._close(REVOKED_CLOSE, "key_revoked")
         finally:
-            gw.quota.close_session(client)
+            gw.quota.close_session(caller.client)
 
     @app.post("/api/text")
     async def text(request: Request) -> Response:
         gw = gateway_of(request)
         refused = http_guard.origin_refusal(request, gw.settings, gw.metrics)  # 403
         refused = refused or http_guard.content_type_refusal(request, gw.metrics)  # 415
-        if refused is None:
-            refused = refusal(request, gw)
         if refused is not None:
             return refused
-        return await text_api.post_text(request, gw)
+        admitted = await admit(request, gw)
+        if not isinstance(admitted, Caller):
+            return admitted
+        return await text_api.post_text(request, gw, admitted)
+
+    @app.post("/api/session", summary="A single-use ticket that opens /ws (GET /ws?ticket=...)")
+    async def ticket(request: Request) -> Response:
+        """For browsers, which cannot set headers on a WebSocket: the key goes in this
+        request's ``Authorization`` header, the ticket in the WebSocket's URL."""
+        gw = gateway_of(request)
+        refused = http_guard.origin_refusal(request, gw.settings, gw.metrics)  # 403
+        admitted = refused or identified(request, gw)
+        if not isinstance(admitted, Caller):
+            return admitted
+        try:
+            issued = await gw.book.new_ticket(admitted.key)
+        except (NatsError, TimeoutError) as exc:
+            message = f"the message bus is unavailable: {exc!r}"
+            return _refuse(gw, 503, "unavailable", message, _retry(gw))
+        body = {"ticket": issued, "expires_in": TICKET_TTL_S, "user": admitted.user}
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     conversation_routes(app)
     return app
@@ -166,9 +202,9 @@ def conversation_routes(app: FastAPI) -> None:
 
     def allowed(request: Request) -> JSONResponse | None:
         gw = gateway_of(request)
-        if not auth.authorized(request, gw.settings.api_key_set):
-            return _refuse(gw, 401, "unauthorized", "a valid API key is required", _bearer())
-        return http_guard.origin_refusal(request, gw.settings, gw.metrics)
+        refused = http_guard.origin_refusal(request, gw.settings, gw.metrics)
+        admitted = refused or identified(request, gw)
+        return None if isinstance(admitted, Caller) else admitted
 
     @app.get("/api/conversations", summary="The caller's conversations, newest first")
     async def conversations_page(
@@ -210,15 +246,57 @@ def conversation_routes(app: FastAPI) -> None:
         return error_response(422, "bad_request", where or "malformed request")
 
 
-def _bearer() -> dict[str, str]:
-    return {"WWW-Authenticate": "Bearer"}
+def identified(conn: HTTPConnection, gw: Gateway) -> Caller | JSONResponse:
+    """Who calls (kept as ``conn.state.caller``, taking one request of the key's rate), or
+    the answer: 400 ``key_in_url``, 401 ``unauthorized`` / ``key_revoked``, 429."""
+    try:
+        caller = auth.identify(conn, gw.keys)
+        gw.quota.take(caller.client)
+    except auth.Refused as exc:
+        return _refuse(gw, exc.status, exc.code, exc.message, exc.headers)
+    except RateLimited as exc:
+        return _refuse(gw, 429, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)})
+    conn.state.caller = caller
+    return caller
 
 
-def refusal(conn: HTTPConnection, gw: Gateway, *, new_session: bool = False) -> JSONResponse | None:
-    """Why a new session or request is refused (401, 503), or None to serve it."""
+async def ticket_holder(conn: HTTPConnection, gw: Gateway, ticket: str) -> Caller | JSONResponse:
+    """Who the ticket stands for (spending it; a rate's request), or the refusal (401
+    ``bad_ticket``, ``unauthorized``, ``key_revoked``; 429; 503)."""
+    try:
+        auth.no_key_in_url(conn)
+        digest = await gw.book.use_ticket(ticket)
+        caller = gw.keys.caller_by_hash(digest, auth.address(conn))
+        gw.quota.take(caller.client)
+    except auth.Refused as exc:
+        return _refuse(gw, exc.status, exc.code, exc.message, exc.headers)
+    except BadTicket as exc:
+        return _refuse(gw, 401, "bad_ticket", str(exc), {"WWW-Authenticate": "Bearer"})
+    except KeyRefused as exc:
+        refused = auth.unauthorized(exc)
+        return _refuse(gw, refused.status, refused.code, refused.message, refused.headers)
+    except RateLimited as exc:
+        return _refuse(gw, 429, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)})
+    except (NatsError, TimeoutError) as exc:
+        message = f"the message bus is unavailable: {exc!r}"
+        return _refuse(gw, 503, "unavailable", message, _retry(gw))
+    conn.state.caller = caller
+    return caller
+
+
+async def admit(
+    conn: HTTPConnection, gw: Gateway, *, new_session: bool = False
+) -> Caller | JSONResponse:
+    """Who calls, or why the new session or request is refused (400, 401, 429, 503).
+    A WebSocket may come with a ticket (``?ticket=``) instead of a key."""
+    ticket = conn.query_params.get("ticket") if conn.scope["type"] == "websocket" else None
+    if ticket is not None:
+        admitted = await ticket_holder(conn, gw, ticket)
+    else:
+        admitted = identified(conn, gw)
+    if not isinstance(admitted, Caller):
+        return admitted
     s = gw.settings
-    if not auth.authorized(conn, s.api_key_set):
-        return _refuse(gw, 401, "unauthorized", "a valid API key is required", _bearer())
     if not gw.nc.is_connected:
         return _refuse(gw, 503, "unavailable", "the message bus is unavailable", _retry(gw))
     if gw.load.overloaded:
@@ -227,7 +305,7 @@ def refusal(conn: HTTPConnection, gw: Gateway, *, new_session: bool = False) -> 
     if new_session and gw.load.vad_full:
         message = "no voice activity worker has room for another session"
         return _refuse(gw, 503, "overloaded", message, _retry(gw))
-    return None
+    return admitted
 
 
 def _retry(gw: Gateway) -> dict[str, str]:

@@ -12,8 +12,9 @@
                                                  history, cached context and long-term
                                                  memories
 
-Every route takes the API key and acts for its user (``gateway.auth``); another
-user's conversation is answered as unknown (404), another user's memory is 403.
+Every route takes the API key and acts for its user (``auth.caller_of``, as the app
+admitted the request); another user's conversation is answered as unknown (404),
+another user's memory is 403.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ MAX_PAGE = 100
 
 
 def user_of(request: Request, gw: Gateway) -> str:
-    return auth.principal(request, gw.settings.api_key_users)
+    return auth.caller_of(request).user
 
 
 async def list_conversations(

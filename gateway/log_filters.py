@@ -21,8 +21,10 @@ from __future__ import annotations
 import logging
 import re
 
-SECRET_PARAMS = r"api[_-]?key|access[_-]?token|resume[_-]?token|token|password|secret"
-SECRET_HEADERS = r"authorization|proxy-authorization|cookie|set-cookie|x-api-key"
+SECRET_PARAMS = r"api[_-]?key|access[_-]?token|resume[_-]?token|token|ticket|password|secret"
+SECRET_HEADERS = (
+    r"authorization|proxy-authorization|cookie|set-cookie|x-api-key|sec-websocket-protocol"
+)
 
 _QUERY = re.compile(rf"(?i)([?&;](?:{SECRET_PARAMS})=)[^&;#\s\"']*")
 _JSON = re.compile(rf"(?i)(\"(?:{SECRET_PARAMS})\"\s*:\s*\")[^\"]*")

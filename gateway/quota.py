@@ -9,13 +9,21 @@ or ``POST /api/text``) is in flight from when it is published until its
 one subscription for all sessions (``finish``), or until ``text_timeout_s`` has
 passed (a turn whose worker died must not hold a share for ever). Turns stay
 counted after their client disconnects: dropping a socket frees nothing early.
+
+Rate (``take``): each API key has a token bucket of ``key_rate_per_min`` tokens,
+refilled at that many a minute; an HTTP request, a WebSocket open and a typed turn
+each take one. Past it: ``RateLimited`` (HTTP 429 with ``Retry-After``, or an
+``error`` event in a session, which stays open). Clients without a key (a gateway
+without auth) have no rate: the address of a proxy would be everyone's.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.protocol import ProtocolError
 from streams.settings import Settings
@@ -28,11 +36,47 @@ class _Turn:
     expires: float
 
 
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+    """When ``tokens`` was counted (monotonic seconds)."""
+
+
+class RateLimited(ProtocolError):
+    """An API key past its rate; ``retry_after_s``: whole seconds until a token is back."""
+
+    def __init__(self, rate: int, retry_after_s: int) -> None:
+        message = f"this API key is past its {rate} requests a minute; retry in {retry_after_s} s"
+        super().__init__("rate_limited", message, retryable=True)
+        self.retry_after_s = retry_after_s
+
+    def to_client(self) -> dict[str, Any]:
+        return {**super().to_client(), "retry_after": self.retry_after_s}
+
+
 class Quota:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions: Counter[str] = Counter()
         self.turns: dict[tuple[str, str], _Turn] = {}
+        self.buckets: dict[str, _Bucket] = {}
+        """Per API key (``key:<hash>``); as many as keys were used."""
+
+    def take(self, client: str) -> None:
+        """One request of ``client``'s rate, or ``RateLimited``; free without a key."""
+        if not client.startswith("key:"):
+            return
+        rate = self.settings.key_rate_per_min
+        now = time.monotonic()
+        bucket = self.buckets.setdefault(client, _Bucket(float(rate), now))
+        bucket.tokens = min(float(rate), bucket.tokens + (now - bucket.at) * rate / 60.0)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return
+        wait_s = (1.0 - bucket.tokens) * 60.0 / rate
+        raise RateLimited(rate, max(1, math.ceil(wait_s)))
 
     def open_session(self, client: str) -> bool:
         """Count a new session for ``client``; False when it already has its share."""

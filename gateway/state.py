@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -12,6 +13,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from starlette.requests import HTTPConnection
 
+from gateway.key_ring import KeyRing, OpenSessions
 from gateway.metrics import Metrics
 from gateway.overload import Load
 from gateway.quota import Quota
@@ -47,6 +49,10 @@ class Gateway:
     book: SessionBook
     quota: Quota
     stores: Stores
+    keys: KeyRing
+    open_sessions: OpenSessions = field(default_factory=OpenSessions)
+    """The open WebSocket sessions of each API key, closed when it is revoked."""
+    _chores: set[asyncio.Task[int]] = field(default_factory=set, repr=False)
 
     @property
     def subjects(self) -> Subjects:
@@ -59,16 +65,39 @@ class Gateway:
         self.settings = settings
         self.load.settings = settings
         self.quota.settings = settings
+        self.keys.reconfigure(settings)
+        chore = asyncio.get_running_loop().create_task(self.close_revoked())
+        self._chores.add(chore)  # held until done: the loop keeps only a weak reference
+        chore.add_done_callback(self._chores.discard)
+
+    async def close_revoked(self) -> int:
+        """Close the WebSocket sessions of keys no longer valid (revoked, removed): close
+        code 4401, reason ``key_revoked``. How many were closed."""
+        closed = await self.open_sessions.close_invalid(self.keys)
+        if closed:
+            log.info("gateway: closed %d sessions of revoked API keys", closed)
+        return closed
 
     async def typed_turn(
-        self, client: str, sid: str, text: str, turn: str | None = None, *, user: str
+        self,
+        client: str,
+        sid: str,
+        text: str,
+        turn: str | None = None,
+        *,
+        user: str,
+        rated: bool = True,
     ) -> str:
         """Start a turn from typed text: a transcript event, then work for the LLM.
 
-        Counted against the client's and the session's share of turns in flight
-        (``too_many_turns`` past it) until the turn's end is seen.
+        Takes one request of the client's rate unless ``rated`` is False (a REST call,
+        counted as a request already; ``rate_limited`` past it), and is counted against
+        the client's and the session's share of turns in flight (``too_many_turns`` past
+        it) until the turn's end is seen.
         """
         turn = turn or new_turn()
+        if rated:
+            self.quota.take(client)
         self.quota.start_turn(client, sid, turn)
         s = self.subjects
         event = Transcript(sid, turn, text, typed=True)

@@ -19,10 +19,10 @@ from nats.errors import Error as NatsError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway import auth
 from gateway.audio_order import AudioOrder
 from gateway.errors import error_response
 from gateway.http_body import BodyRefused, read_body
+from gateway.key_ring import Caller
 from gateway.protocol import ProtocolError, load_object, resume_fields, text_of
 from gateway.state import Gateway, new_turn
 from schemas import AudioChunk, ErrorEvent, Message, MessageError, ReplyCancelled, ReplyDone, decode
@@ -86,7 +86,8 @@ class TurnReply:
         return out.getvalue()
 
 
-async def post_text(request: Request, gw: Gateway) -> JSONResponse:
+async def post_text(request: Request, gw: Gateway, caller: Caller) -> JSONResponse:
+    """The turn of ``caller`` (admitted: its key checked, one request of its rate taken)."""
     try:  # http_body: refused at the limit while reading, 408 past the deadline
         raw = await read_body(request, MAX_BODY_BYTES, gw.settings.http_body_timeout_s)
     except BodyRefused as exc:
@@ -98,7 +99,7 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         sid, token = resume_fields(body)
     except ProtocolError as exc:
         return error_response(422, exc.code, exc.message)
-    user = auth.principal(request, gw.settings.api_key_users)
+    user = caller.user
     try:
         if sid is None:  # a new session: its resume token goes back with the reply
             sid = uuid.uuid4().hex
@@ -119,8 +120,7 @@ async def post_text(request: Request, gw: Gateway) -> JSONResponse:
         try:
             subs.append(await gw.nc.subscribe(s.events(sid), cb=reply.on_bus))
             subs.append(await gw.nc.subscribe(s.audio_out(sid), cb=reply.on_bus))
-            client = auth.client_of(request, gw.settings.api_key_set)
-            await gw.typed_turn(client, sid, text, turn, user=user)
+            await gw.typed_turn(caller.client, sid, text, turn, user=user, rated=False)
         except ProtocolError as exc:  # too many turns in flight
             retry = {"Retry-After": str(gw.settings.retry_after_s)}
             return error_response(429, exc.code, exc.message, headers=retry)

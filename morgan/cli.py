@@ -1,4 +1,5 @@
-"""``morgan``: the composition root. up | run KIND | doctor | nats."""
+"""``morgan``: the composition root. up | run KIND | doctor | nats | nats-auth | declare |
+keys | certs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import logging
 import signal
 import socket
 import sys
+from pathlib import Path
 
-from morgan import doctor, embedded_postgres
+from morgan import certs, doctor, embedded_postgres, keys_cli
 from morgan.embedded_postgres import EmbeddedPostgres
 from morgan.supervisor import Child, Supervisor, child_env
-from processors import registry
-from streams import embedded
+from processors import permissions, registry
+from streams import bus, definitions, embedded, nats_auth
 from streams.settings import Settings
 
 log = logging.getLogger("morgan")
@@ -82,8 +84,15 @@ async def up(settings: Settings, nats_port: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     port = nats_port if _port_free("127.0.0.1", nats_port) else 0
-    srv = await embedded.start(store_dir=settings.data_dir / "nats", port=port)
+    seeds, block = permissions.credentials(settings, settings.data_dir / "nats-auth")
+    srv = await embedded.start(store_dir=settings.data_dir / "nats", port=port, authorization=block)
     print(f"nats-server  {srv.url}  (monitoring {srv.monitor_url})", flush=True)
+    await _declare(settings.model_copy(update={"nats_url": srv.url}), seeds[nats_auth.ADMIN])
+    print(
+        f"             operator: nats --server {srv.url} --nkey {seeds[nats_auth.OPERATOR]}"
+        " sub 'morgan.events.>'",
+        flush=True,
+    )
     pg = None
     try:
         try:
@@ -93,7 +102,8 @@ async def up(settings: Settings, nats_port: int) -> int:
             return 1
         print(f"stores       {stores}", flush=True)
         if not stop.is_set():  # Ctrl-C while the stores started: no children to start
-            await _children(settings, child_env({"MORGAN_NATS_URL": srv.url, **store_env}), stop)
+            env = child_env({"MORGAN_NATS_URL": srv.url, **store_env})
+            await _children(settings, env, seeds, stop)
     finally:
         if pg is not None:
             await pg.stop()
@@ -101,19 +111,42 @@ async def up(settings: Settings, nats_port: int) -> int:
     return 0
 
 
-async def _children(settings: Settings, env: dict[str, str], stop: asyncio.Event) -> None:
-    """Run the workers and the gateway until ``stop``."""
+async def _declare(settings: Settings, admin_seed: Path | None = None) -> None:
+    """Streams and buckets as this version declares them, made or updated as ``admin``
+    (the workers' roles may only create what is missing)."""
+    admin = settings
+    if admin_seed is not None:
+        admin = settings.model_copy(update={"nats_seed_file": str(admin_seed)})
+    nc = await bus.connect(admin, "morgan-declare", keep_trying=False)
+    try:
+        js = nc.jetstream()
+        await definitions.apply(js, admin)
+        for bucket in definitions.bucket_configs(admin):
+            await definitions.key_value(js, admin, bucket)
+    finally:
+        await nc.close()
+
+
+def _seed(role: str, seeds: dict[str, Path]) -> dict[str, str]:
+    return {"MORGAN_NATS_SEED_FILE": str(seeds[role])}
+
+
+async def _children(
+    settings: Settings, env: dict[str, str], seeds: dict[str, Path], stop: asyncio.Event
+) -> None:
+    """Run the workers and the gateway until ``stop``, each as its own NATS role."""
     py = sys.executable
     children = [
         Child(
             kind,
             [py, "-m", "processors", kind],
-            {**env, **_metrics_port(settings, i)},
+            {**env, **_metrics_port(settings, i), **_seed(kind, seeds)},
             b" ready on ",
         )
         for i, kind in enumerate(settings.kind_list)
     ]
-    children.append(Child("gateway", [py, "-m", "gateway"], env, b"Uvicorn running on"))
+    gateway_env = {**env, **_seed(nats_auth.GATEWAY, seeds)}
+    children.append(Child("gateway", [py, "-m", "gateway"], gateway_env, b"Uvicorn running on"))
     sup = Supervisor(children)
     await sup.start()
     print("loading models: " + ", ".join(c.name for c in children), flush=True)
@@ -139,7 +172,12 @@ async def run_nats(settings: Settings, args: argparse.Namespace) -> int:
     cluster = None
     if args.cluster_name:
         cluster = embedded.ClusterConfig(args.cluster_name, args.cluster_port, tuple(args.route))
+    tls = None
+    if args.tls_cert:
+        tls = embedded.ServerTls(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca))
     srv = await embedded.start(
+        tls=tls,
+        authorization=Path(args.auth).read_text() if args.auth else "",
         store_dir=settings.data_dir / "nats",
         host=args.host,
         port=args.port,
@@ -175,13 +213,33 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--cluster-name", default="")
     n.add_argument("--cluster-port", type=int, default=6222)
     n.add_argument("--route", action="append", default=[], help="nats-route://host:6222")
+    n.add_argument("--auth", default="", help="authorization block (morgan nats-auth's auth.conf)")
+    n.add_argument("--tls-cert", default="", help="this host's certificate (morgan certs host)")
+    n.add_argument("--tls-key", default="", help="its key")
+    n.add_argument("--tls-ca", default="", help="the CA that signs clients and routes (mTLS)")
     n.add_argument(
         "--sync-interval",
         default=embedded.SYNC_INTERVAL,
         help="how often JetStream fsyncs (EVENTS is the history's write queue; docs/design.md"
         f" 'Durability'); default {embedded.SYNC_INTERVAL}, 'always' to fsync every write",
     )
+    sub.add_parser("declare", help="make or update streams and buckets (as admin)")
+    a = sub.add_parser("nats-auth", help="NKey seeds per role and the servers' auth.conf")
+    a.add_argument("--out", required=True, help="directory for <role>.nk and auth.conf")
+    keys_cli.add_parser(sub)
+    certs.add_parser(sub)
     return p
+
+
+def nats_auth_files(settings: Settings, out: Path) -> int:
+    """Seeds for every role of ``MORGAN_KINDS`` (kept when present) and ``auth.conf``,
+    the authorization block every NATS node includes (docs/security.md)."""
+    seeds, block = permissions.credentials(settings, out)
+    (out / "auth.conf").write_text(block)
+    print(f"{out / 'auth.conf'}: include it in every nats-server's config")
+    for role, path in seeds.items():
+        print(f"{path}: MORGAN_NATS_SEED_FILE of {role}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         from processors.__main__ import main as processor_main
 
         return processor_main([args.kind], settings)
+    if args.command == "declare":
+        asyncio.run(_declare(settings))
+        print(f"streams and buckets declared on {settings.nats_url}")
+        return 0
+    if args.command == "nats-auth":
+        return nats_auth_files(settings, Path(args.out))
+    if args.command == "keys":
+        return keys_cli.run(settings, args)
+    if args.command == "certs":
+        return certs.run(args)
     if args.command == "doctor":
         return asyncio.run(doctor.report(settings))
     return asyncio.run(run_nats(settings, args))

@@ -11,7 +11,9 @@ but ``admin`` may make, change or delete streams and buckets.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
+from processors import registry
 from processors.spec import EventTap, SessionClaims, Spec
 from schemas import (
     AudioChunk,
@@ -24,7 +26,6 @@ from schemas import (
     SessionClaim,
     SessionEnd,
     Transcript,
-    events,
 )
 from schemas.subjects import TIERS, Subjects
 from streams import definitions
@@ -38,10 +39,13 @@ from streams.nats_auth import (
     Role,
     allow,
     any_consumer,
+    authorization_block,
     consumer,
     create_streams,
+    ensure_seeds,
     kv_read,
     kv_write,
+    public_key,
     read_messages,
     replies,
     service,
@@ -61,6 +65,15 @@ def roles(settings: Settings, specs: Iterable[Spec]) -> list[Role]:
         Role(GATEWAY, gateway(settings, specs)),
         *(Role(spec.kind, kind(settings, spec, specs)) for spec in specs),
     ]
+
+
+def credentials(settings: Settings, directory: Path) -> tuple[dict[str, Path], str]:
+    """A seed per role of the kinds in ``MORGAN_KINDS`` under ``directory`` (made when
+    missing, kept after) and the servers' authorization block for them."""
+    all_roles = roles(settings, [registry.spec(k) for k in settings.kind_list])
+    seeds = ensure_seeds(directory, [r.name for r in all_roles])
+    keys = {role: public_key(path) for role, path in seeds.items()}
+    return seeds, authorization_block(all_roles, keys)
 
 
 def _common(settings: Settings, role: str) -> Permissions:
@@ -111,8 +124,11 @@ def kind(settings: Settings, spec: Spec, specs: list[Spec]) -> Permissions:
         perms |= allow(publish=[s.work(spec.kind, "cpu"), f"$SRV.PING.morgan-{spec.kind}"])
     if isinstance(spec.input, SessionClaims):
         perms |= any_consumer(AUDIO) | kv_write(definitions.OWNERS)
-    # the runtime publishes ``error`` events for any kind (a message it gave up on)
-    sent = [ErrorEvent, *(t for t in spec.publishes if _is_event(t))]
+    # events: what it publishes that no kind takes as work (``emit``), and ``error``,
+    # which the runtime publishes for any kind (a message it gave up on)
+    work = {t for other in specs if not isinstance(other.input, EventTap) for t in other.accepts}
+    sent: list[type[Message]] = [ErrorEvent]
+    sent += [t for t in spec.publishes if t not in work and _is_event(t)]
     perms |= allow(publish=[f"{s.prefix}.events.*.{t.TYPE}" for t in sent])
     if AudioChunk in spec.publishes:
         perms |= allow(publish=[f"{s.prefix}.audio.out.*"])
@@ -176,4 +192,5 @@ def operator(settings: Settings) -> Permissions:
 
 
 def _is_event(message_type: type[Message]) -> bool:
-    return getattr(events, message_type.__name__, None) is message_type
+    """Not reply audio nor a control message (those have subjects of their own)."""
+    return message_type is not AudioChunk and message_type not in CONTROL_TYPES

@@ -65,6 +65,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     present ``nats_tls_cert`` when the servers ask for a client certificate (mTLS).
     None when no CA is configured (plain TCP, or ``tls://`` URLs with system CAs)."""
     if not settings.nats_tls_ca:
+        if settings.nats_tls_cert:
+            raise ValueError("MORGAN_NATS_TLS_CERT needs MORGAN_NATS_TLS_CA (the servers' CA)")
         return None
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

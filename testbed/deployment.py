@@ -9,16 +9,20 @@ inside the host's namespace, configured only through MORGAN_* variables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
 
-from streams import bus, definitions
+from morgan import certs
+from processors import permissions
+from streams import bus, definitions, nats_auth
 from streams.settings import Settings
 from testbed.netns import Host, Network, Proc
 
@@ -49,6 +53,7 @@ class Deployment:
     workers: dict[str, tuple[Host, list[str], dict[str, str], Proc]] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     route_names: list[str] = field(default_factory=list)
+    _credentials: tuple[dict[str, Path], str] | None = None
     restart_nice: int = 0
     """Niceness of workers that ``restore`` restarts: on a machine where every "host"
     shares the same cores, a restarted worker's model load then takes CPU only from
@@ -58,12 +63,51 @@ class Deployment:
     def nodes(self) -> list[Host]:
         return [self.net[n] for n in self.nats]
 
+    def credentials(self) -> tuple[dict[str, Path], str]:
+        """Every role's seed and the nodes' authorization block, as ``morgan nats-auth``
+        makes them: the cluster runs locked, as deployed."""
+        if self._credentials is None:
+            self._credentials = permissions.credentials(Settings(), self.net.workdir / "auth")
+        return self._credentials
+
+    def seed(self, role: str) -> Path:
+        return self.credentials()[0][role]
+
+    def tls(self) -> Path:
+        """A CA, a certificate per host and one per role, as ``morgan certs`` makes them:
+        nodes, routes and every client speak mTLS, as deployed. A node's certificate
+        names every host's address, since the delay proxies on another host forward its
+        TLS unchanged."""
+        out = self.net.workdir / "tls"
+        if not certs.ca_files(out).cert.exists():
+            certs.make_ca(out)
+            ips = [h.ip for h in self.net.hosts.values()]
+            for host in self.net.hosts.values():
+                certs.issue_host(out, out, host.name, ips=ips)
+            for role in self.credentials()[0]:
+                certs.issue_client(out, out, role)
+        return out
+
+    def tls_env(self, role: str) -> dict[str, str]:
+        out = self.tls()
+        files = certs.leaf_files(out, role)
+        return {
+            "MORGAN_NATS_TLS_CA": str(certs.ca_files(out).cert),
+            "MORGAN_NATS_TLS_CERT": str(files.cert),
+            "MORGAN_NATS_TLS_KEY": str(files.key),
+        }
+
     def urls(self, hosts: Iterable[Host] | None = None) -> str:
         chosen = list(hosts) if hosts is not None else self.nodes
         return ",".join(f"nats://{h.ip}:{NATS_PORT}" for h in chosen)
 
     def settings(self, **overrides: Any) -> Settings:
-        base: dict[str, Any] = {"nats_url": self.urls(), "replicas": 3}
+        base: dict[str, Any] = {
+            "nats_url": self.urls(),
+            "replicas": 3,
+            "nats_seed_file": str(self.seed(nats_auth.ADMIN)),  # tests act as the admin
+            **{k.removeprefix("MORGAN_").lower(): v for k, v in self.tls_env("admin").items()},
+        }
         return Settings(**{**base, **overrides})
 
     def env(self, host: Host, **extra: str) -> dict[str, str]:
@@ -87,6 +131,13 @@ class Deployment:
         argv = ["-m", "morgan", "nats", "--name", host.name, "--host", host.ip]
         argv += ["--port", str(NATS_PORT), "--http-port", str(HTTP_PORT)]
         argv += ["--cluster-name", "morgan", "--cluster-port", str(ROUTE_PORT), *routes]
+        auth = self.net.workdir / "auth" / "auth.conf"
+        if not auth.exists():
+            auth.write_text(self.credentials()[1])
+        argv += ["--auth", str(auth)]
+        tls, files = self.tls(), certs.leaf_files(self.tls(), host.name)
+        argv += ["--tls-cert", str(files.cert), "--tls-key", str(files.key)]
+        argv += ["--tls-ca", str(certs.ca_files(tls).cert)]
         env = {"MORGAN_DATA_DIR": str(host.workdir / "data")}
         proc = host.python("nats", argv, env, ready=READY["nats"] + host.name.encode())
         self.nats[host.name] = proc
@@ -152,7 +203,7 @@ class Deployment:
     # --- processors and gateways ---
 
     def start_worker(
-        self, key: str, host: Host, args: list[str], nice: int = 0, **env: str
+        self, key: str, host: Host, args: list[str], env: dict[str, str], nice: int = 0
     ) -> Proc:
         """``python -m processors KIND`` (or ``-m gateway``) on ``host``, remembered by key."""
         full_env = self.env(host, **env)
@@ -172,11 +223,18 @@ class Deployment:
         return ",".join(f"nats://{host.ip}:{DELAY_PORT + i}" for i in range(len(proxies)))
 
     def processor(self, key: str, host: Host, kind: str, **env: str) -> Proc:
-        return self.start_worker(key, host, ["-m", "processors", kind], **env)
+        env = {"MORGAN_NATS_SEED_FILE": str(self.seed(kind)), **self.tls_env(kind), **env}
+        return self.start_worker(key, host, ["-m", "processors", kind], env)
 
     def gateway(self, key: str, host: Host, **env: str) -> Proc:
-        env = {"MORGAN_HTTP_HOST": host.ip, "MORGAN_HTTP_PORT": str(GATEWAY_PORT), **env}
-        return self.start_worker(key, host, ["-m", "gateway"], **env)
+        env = {
+            "MORGAN_HTTP_HOST": host.ip,
+            "MORGAN_HTTP_PORT": str(GATEWAY_PORT),
+            "MORGAN_NATS_SEED_FILE": str(self.seed(nats_auth.GATEWAY)),
+            **self.tls_env(nats_auth.GATEWAY),
+            **env,
+        }
+        return self.start_worker(key, host, ["-m", "gateway"], env)
 
     def url_of(self, key: str) -> str:
         host = self.workers[key][0]
@@ -199,7 +257,7 @@ class Deployment:
             await self.wait_formed()
         for key, (host, args, env, proc) in list(self.workers.items()):
             if not proc.alive:
-                restarted.append(self.start_worker(key, host, args, self.restart_nice, **env))
+                restarted.append(self.start_worker(key, host, args, env, self.restart_nice))
         await asyncio.gather(*(p.wait_ready() for p in restarted))
 
     @asynccontextmanager
@@ -233,11 +291,28 @@ class Deployment:
             parts.append(f"--- {host.name} ss ---\n{host.run(['ss', '-tino']).stdout}")
         return "\n".join(parts)
 
+    def violations(self) -> list[str]:
+        """Log lines, from every process this deployment ran (killed ones too), where a
+        NATS node refused a role a subject: the generated permissions must cover all."""
+        found = []
+        for host in self.net.hosts.values():
+            for proc in host.procs:
+                with contextlib.suppress(OSError):
+                    text = proc.log_path.read_text(errors="replace")
+                    found += [
+                        f"{proc.name}: {line}" for line in text.splitlines() if _refused(line)
+                    ]
+        return found
+
     def logs(self) -> str:
         parts = []
         for key, (_, _, _, proc) in self.workers.items():
             parts.append(f"--- {key} ---\n{proc.log(6000)}")
         return "\n".join(parts)
+
+
+def _refused(line: str) -> bool:
+    return "permissions violation" in line.lower()
 
 
 HOSTS = ["cpu", "gpu1", "gpu2"]

@@ -11,6 +11,13 @@ venv="${VENV:-$HOME/.morgan/venv}"
 
 export MORGAN_NATS_URL="${MORGAN_NATS_URL:-nats://cpu-linux:4222,nats://gpu-linux:4222,nats://gpu-wsl:4222}"
 export MORGAN_REPLICAS="${MORGAN_REPLICAS:-3}"
+# Locks (docs/security.md): the kind's NKey seed (morgan nats-auth) and its mTLS client
+# certificate (morgan certs client <kind>), copied to ~/.morgan/secrets.
+secrets="${MORGAN_SECRETS:-$HOME/.morgan/secrets}"
+export MORGAN_NATS_SEED_FILE="${MORGAN_NATS_SEED_FILE:-$secrets/$kind.nk}"
+export MORGAN_NATS_TLS_CA="${MORGAN_NATS_TLS_CA:-$secrets/tls/ca.pem}"
+export MORGAN_NATS_TLS_CERT="${MORGAN_NATS_TLS_CERT:-$secrets/tls/$kind.pem}"
+export MORGAN_NATS_TLS_KEY="${MORGAN_NATS_TLS_KEY:-$secrets/tls/$kind-key.pem}"
 # Empty = detect: with MPS the Mac serves the gpu tier of STT/TTS as well as cpu.
 export MORGAN_TIERS="${MORGAN_TIERS:-}"
 export MORGAN_DATA_DIR="${MORGAN_DATA_DIR:-$HOME/.morgan/data}"

@@ -3,7 +3,13 @@
 
 const FRAME_SAMPLES = 512; // 32 ms at 16 kHz
 const $ = (id) => document.getElementById(id);
-const apiKey = new URLSearchParams(location.search).get("api_key");
+// The API key comes in the URL's fragment (/#api_key=KEY), which no request carries,
+// or from the key form; it is kept for this tab only and taken out of the address bar.
+// The gateway refuses keys in URLs (docs/protocol.md, "Authentication").
+let apiKey = new URLSearchParams(location.hash.slice(1)).get("api_key")
+  || sessionStorage.getItem("morgan.api_key");
+if (location.hash.includes("api_key=")) history.replaceState(null, "", location.pathname);
+if (apiKey) sessionStorage.setItem("morgan.api_key", apiKey);
 
 // Microphone: an AudioWorklet turns Float32 samples into Int16 frames of 32 ms.
 const WORKLET = `
@@ -109,13 +115,51 @@ function onEvent(msg) {
   }
 }
 
+// ---- the API key: asked for when the gateway wants one ----
+function askForKey(why) {
+  $("status").textContent = why;
+  $("keyform").hidden = false;
+  $("key").focus();
+}
+
+$("keyform").onsubmit = (ev) => {
+  ev.preventDefault();
+  apiKey = $("key").value.trim();
+  if (!apiKey) return;
+  sessionStorage.setItem("morgan.api_key", apiKey);
+  $("key").value = "";
+  $("keyform").hidden = true;
+  state.ended = false;
+  connect();
+  if (typeof listConversations === "function") listConversations();
+};
+
+// A single-use ticket for the socket (POST /api/session, key in the header): the key
+// itself never goes into the WebSocket's URL. Null without a key (a gateway without
+// keys); throws with the HTTP status otherwise.
+async function ticket() {
+  if (!apiKey) return null;
+  const res = await fetch("/api/session", { method: "POST", headers: { Authorization: `Bearer ${apiKey}` } });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw Object.assign(new Error(body.message || res.statusText), { status: res.status, code: body.error });
+  return body.ticket;
+}
+
 // ---- the WebSocket, resumed after a drop ----
 const START = { type: "session.start", rate: 16000, format: "s16le", channels: 1 };
-function connect() {
+const REVOKED = 4401; // the server closed the session: its API key was revoked
+async function connect() {
   const url = new URL("/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (apiKey) url.searchParams.set("api_key", apiKey);
-  const ws = new WebSocket(url);
+  try {
+    const t = await ticket();
+    if (t) url.searchParams.set("ticket", t);
+  } catch (err) {
+    if (err.status === 401) { askForKey(`API key refused (${err.code}): enter a valid key`); return; }
+    retryLater(`no ticket (${err.status || err.message})`);
+    return;
+  }
+  const ws = new WebSocket(url, ["morgan.v1"]);
   ws.binaryType = "arraybuffer";
   state.ws = ws;
   ws.onopen = () => {
@@ -137,10 +181,20 @@ function connect() {
   ws.onclose = (ev) => {
     $("talk").disabled = true;
     if (state.ended) { $("status").textContent = "session ended"; return; }
-    const wait = Math.min(500 * 2 ** state.retry++, 8000);
-    $("status").textContent = `disconnected (${ev.code}); retrying in ${wait / 1000} s`;
-    setTimeout(connect, wait);
+    if (ev.code === REVOKED) {
+      sessionStorage.removeItem("morgan.api_key");
+      apiKey = null;
+      askForKey("this API key was revoked: enter another key");
+      return;
+    }
+    retryLater(`disconnected (${ev.code})`);
   };
+}
+
+function retryLater(why) {
+  const wait = Math.min(500 * 2 ** state.retry++, 8000);
+  $("status").textContent = `${why}; retrying in ${wait / 1000} s`;
+  setTimeout(connect, wait);
 }
 
 function send(obj) {

@@ -9,6 +9,7 @@ uses, with the documented behaviour (all paths under ``/v1``):
     PUT    agent/check/pass|warn|fail/<id> ?note=
     PUT    agent/check/update/<id>         {"Status", "Output"}; 404 for an unknown check
     GET    health/service/<name>           ?passing ?tag= (repeatable); blocking
+    GET    health/state/<state>            any|passing|warning|critical; blocking
     GET    catalog/services                blocking
     GET    status/leader
     GET    kv/<key>                        ?recurse ?keys ?separator ?raw; blocking; 404 if none
@@ -28,6 +29,16 @@ match case-insensitively, as Go's decoder does. ``token`` turns on ACLs: a
 request must carry it (``X-Consul-Token``, ``Authorization: Bearer`` or
 ``?token=``) or gets 403. Only TTL checks are supported (others get 400).
 
+Traefik's consulCatalog provider reads ``catalog/services`` and
+``health/service/<name>?tag=traefik.enable=true``; with ``watch: true`` it holds
+blocking queries on ``catalog/services`` and ``health/state/any`` and reloads when
+either answers with a new index (tests/system/test_traefik.py runs the real one).
+
+``tls`` serves HTTPS; with ``TLSFiles.client_ca`` the agent also demands a client
+certificate signed by that CA (Consul's ``verify_incoming``), so a client without one,
+with one from another CA, or with an expired one fails the TLS handshake and never
+reaches the API.
+
 ``stop()`` behaves like a crashed agent (connections are cut) and keeps the
 port reserved, so ``start()`` brings it back at the same address; ``reset()``
 empties it (a dev-mode agent restarts empty).
@@ -45,8 +56,10 @@ import json
 import random
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -62,6 +75,18 @@ MAX_OUTPUT_BYTES = 4096
 MAX_WAIT_S = 600.0
 DEFAULT_WAIT_S = 300.0
 NODE = "fake-node"
+NODE_CHECK: dict[str, Any] = {
+    "Node": NODE,
+    "CheckID": "serfHealth",
+    "Name": "Serf Health Status",
+    "Status": "passing",
+    "Output": "Agent alive and reachable",
+    "ServiceID": "",
+    "ServiceName": "",
+    "ServiceTags": [],
+    "Type": "",
+}
+"""The agent's own node check, which Consul lists with every service's checks."""
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -183,6 +208,51 @@ class Check:
         }
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for an HTTPS agent (Consul's ``tls.https`` stanza)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    """Clients must present a certificate signed by this CA (``verify_incoming``)."""
+
+
+class _AgentContext(ssl.SSLContext):
+    refusals: list[str]
+
+
+class _RecordingSSLObject(ssl.SSLObject):
+    """A server-side TLS connection that notes why its handshake failed."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # more bytes to come: not a failure
+        except ssl.SSLCertVerificationError as exc:
+            self._refused(exc.verify_message)
+            raise
+        except ssl.SSLError as exc:
+            self._refused(exc.reason or str(exc))
+            raise
+
+    def _refused(self, why: str) -> None:
+        if isinstance(self.context, _AgentContext):
+            self.context.refusals.append(why)
+
+
+def _server_context(tls: TLSFiles, refusals: list[str]) -> ssl.SSLContext:
+    ctx = _AgentContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.refusals = refusals
+    ctx.load_cert_chain(tls.cert, tls.key)
+    if tls.client_ca is not None:
+        ctx.load_verify_locations(cafile=tls.client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.sslobject_class = _RecordingSSLObject
+    return ctx
+
+
 class FakeConsul:
     def __init__(
         self,
@@ -191,14 +261,20 @@ class FakeConsul:
         token: str | None = None,
         reap_interval_s: float = 30.0,
         min_deregister_s: float = 60.0,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.host = host
         self.port = 0
         self.token = token
+        self.tls = tls
         self.reap_interval_s = reap_interval_s
         self.min_deregister_s = min_deregister_s
         self.requests = 0
         """Requests answered since construction (tests use it to see retries)."""
+        self.tls_refusals: list[str] = []
+        """Why each refused TLS handshake failed, as OpenSSL says it (``certificate has
+        expired``, ``PEER_DID_NOT_RETURN_A_CERTIFICATE``). asyncio drops such a connection
+        without sending the TLS alert, so the client itself sees only the connection close."""
         self.blocking = 0
         """Blocking queries waiting right now."""
         self.reset()
@@ -224,6 +300,7 @@ class FakeConsul:
                     methods=["PUT"],
                 ),
                 Route("/v1/health/service/{name:path}", self._guard(self._health)),
+                Route("/v1/health/state/{state}", self._guard(self._health_state)),
                 Route("/v1/catalog/services", self._guard(self._catalog)),
                 Route("/v1/status/leader", self._guard(self._leader)),
                 Route(
@@ -240,6 +317,11 @@ class FakeConsul:
     def addr(self) -> str:
         """``host:port``, the form CONSUL_HTTP_ADDR takes."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``, or ``https://`` when serving TLS."""
+        return f"{'https' if self.tls else 'http'}://{self.addr}"
 
     @property
     def running(self) -> bool:
@@ -278,6 +360,7 @@ class FakeConsul:
         sock, self._sock = self._sock, None
         config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False)
         config.load()
+        config.ssl = None if self.tls is None else _server_context(self.tls, self.tls_refusals)
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         await server.startup(sockets=[sock])
@@ -542,17 +625,6 @@ class FakeConsul:
         index = await self._block(request, lambda: self.catalog_index)
         passing = _flag(request.query_params, "passing")
         tags = request.query_params.getlist("tag")
-        node_check = {
-            "Node": NODE,
-            "CheckID": "serfHealth",
-            "Name": "Serf Health Status",
-            "Status": "passing",
-            "Output": "Agent alive and reachable",
-            "ServiceID": "",
-            "ServiceName": "",
-            "ServiceTags": [],
-            "Type": "",
-        }
         out = []
         for s in self.services.values():
             if s.name != name or not all(t in s.tags for t in tags):
@@ -564,10 +636,19 @@ class FakeConsul:
                 {
                     "Node": {"ID": "", "Node": NODE, "Address": self.host, "Datacenter": "dc1"},
                     "Service": s.json(),
-                    "Checks": [node_check] + [c.json() for c in checks],
+                    "Checks": [NODE_CHECK] + [c.json() for c in checks],
                 }
             )
         return self._json(out, index)
+
+    async def _health_state(self, request: Request) -> Response:
+        """Every check in one state (``any``: all), the node's serfHealth included."""
+        state = request.path_params["state"]
+        if state not in (*STATUSES, "any"):
+            raise ApiError(400, f"Invalid check state: {state!r}")
+        index = await self._block(request, lambda: self.catalog_index)
+        checks = [NODE_CHECK] + [c.json() for c in self.checks.values()]
+        return self._json([c for c in checks if state in ("any", c["Status"])], index)
 
     async def _catalog(self, request: Request) -> Response:
         index = await self._block(request, lambda: self.catalog_index)
@@ -658,14 +739,18 @@ class FakeConsul:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    tls = None
+    if args.cert:
+        tls = TLSFiles(Path(args.cert), Path(args.key or args.cert), args.client_ca)
     fake = FakeConsul(
         host=args.host,
         token=args.token,
         reap_interval_s=args.reap_interval,
         min_deregister_s=args.min_deregister,
+        tls=tls,
     )
     await fake.start(args.port)
-    print(f"fake consul on http://{fake.addr} (CONSUL_HTTP_ADDR={fake.addr})", flush=True)
+    print(f"fake consul on {fake.url} (CONSUL_HTTP_ADDR={fake.url})", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -679,6 +764,11 @@ def main() -> None:
     parser.add_argument("--token", default=None, help="require this ACL token")
     parser.add_argument("--reap-interval", type=float, default=30.0, help="seconds")
     parser.add_argument("--min-deregister", type=float, default=60.0, help="seconds")
+    parser.add_argument("--cert", help="serve HTTPS with this PEM certificate")
+    parser.add_argument("--key", help="its PEM private key (default: in --cert)")
+    parser.add_argument(
+        "--client-ca", type=Path, help="require client certificates signed by this CA"
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(parser.parse_args()))
 

@@ -187,7 +187,7 @@ async def test_a_conversation_is_continued_by_voice_with_a_reissued_resume_token
         assert refused.status_code == 404
         grant = (await http.post(f"/api/conversations/{sid}/resume", headers=ALICE_2)).json()
     assert grant["session_id"] == sid
-    ws = await open_client(world.gateway, "?api_key=alice-key-1")
+    ws = await open_client(world.gateway, additional_headers=ALICE)
     try:
         ready = await ws.start(session_id=sid, resume_token=grant["resume_token"])
         assert ready["session_id"] == sid and ready.get("resumed") is True

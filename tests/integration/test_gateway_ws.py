@@ -16,6 +16,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from gateway.server import RunningGateway, start
 from schemas import (
@@ -366,16 +367,14 @@ async def test_websocket_without_a_valid_api_key_is_refused_with_401(
 ) -> None:
     srv = await start(keyed)
     try:
-        for query, headers in [
-            ("", {}),
-            ("?api_key=wrong", {}),
-            ("", {"Authorization": "Bearer nope"}),
-        ]:
+        wrong = [Subprotocol("morgan.v1"), Subprotocol("morgan.key.wrong")]
+        for headers, offered in [({}, None), ({}, wrong), ({"Authorization": "Bearer nope"}, None)]:
             with pytest.raises(InvalidStatus) as info:
-                await connect(srv.ws_url + query, additional_headers=headers)
+                await connect(srv.ws_url, additional_headers=headers, subprotocols=offered)
             assert info.value.response.status_code == 401
-        by_query = await open_client(srv, "?api_key=s3cret")
-        await by_query.start()
+        offered = [Subprotocol("morgan.v1"), Subprotocol("morgan.key.s3cret")]
+        by_subprotocol = await open_client(srv, subprotocols=offered)
+        await by_subprotocol.start()
         by_header = await open_client(srv, additional_headers={"Authorization": "Bearer k1"})
         await by_header.start()
         async with httpx.AsyncClient(base_url=srv.url) as http:

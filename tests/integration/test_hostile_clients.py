@@ -153,18 +153,18 @@ async def test_a_resume_token_works_only_with_the_key_that_opened_the_session(
     settings: Settings, js: JetStreamContext
 ) -> None:
     async with serving(settings, api_keys="alice-key,mallory-key") as srv:
-        alice = await open_client(srv, "?api_key=alice-key")
+        alice = await open_client(srv, additional_headers=bearer("alice-key"))
         ready = await alice.start()
         sid, token = ready["session_id"], ready["resume_token"]
         await alice.conn.close()
-        mallory = await open_client(srv, "?api_key=mallory-key")
+        mallory = await open_client(srv, additional_headers=bearer("mallory-key"))
         await mallory.send({"type": "session.start", "session_id": sid, "resume_token": token})
         await expect_error(mallory, "unknown_session")
         async with httpx.AsyncClient(base_url=srv.url) as http:
             body = {"text": "hi", "session_id": sid, "resume_token": token}
             got = await http.post("/api/text", json=body, headers=bearer("mallory-key"))
             assert (got.status_code, got.json()["error"]) == (404, "unknown_session")
-        alice = await open_client(srv, "?api_key=alice-key")
+        alice = await open_client(srv, additional_headers=bearer("alice-key"))
         again = await alice.start(session_id=sid, resume_token=token)
         assert again["resumed"] is True
 

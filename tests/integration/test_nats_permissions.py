@@ -4,6 +4,8 @@ authorization block generated from the kind declarations (processors.permissions
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,3 +171,29 @@ async def test_a_role_cannot_read_another_roles_replies(locked: Locked) -> None:
 class Seen(list[bytes]):
     async def add(self, msg: Msg) -> None:
         self.append(msg.data)
+
+
+async def test_only_the_admin_brings_a_changed_stream_to_this_versions_declaration(
+    locked: Locked,
+) -> None:
+    """A worker leaves an older stream as it is (it may only create what is missing);
+    ``morgan declare`` as admin updates it."""
+    admin_js = locked.clients[0].jetstream()
+    old = (await admin_js.stream_info(definitions.EVENTS)).config
+    old.max_age = 600.0
+    await admin_js.update_stream(old)
+    llm = await locked.connect("llm")
+    await definitions.apply(llm.jetstream(), locked.settings("llm"), update=False)
+    assert (await admin_js.stream_info(definitions.EVENTS)).config.max_age == 600.0
+    env = {
+        **os.environ,
+        "MORGAN_NATS_URL": locked.srv.url,
+        "MORGAN_NATS_SEED_FILE": str(locked.seeds[nats_auth.ADMIN]),
+    }
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "morgan", "declare", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == 0, out
+    declared = (await admin_js.stream_info(definitions.EVENTS)).config.max_age
+    assert declared == locked.base.events_max_age_s

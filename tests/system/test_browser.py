@@ -5,8 +5,9 @@ shows the transcript and the reply, and plays the reply audio. Then the past
 conversations: the one just held shows up in the list, reads back, is continued by
 text in the same session, and "Forget me" empties the list and the API.
 
-The page is opened with an API key of the user ``alice`` (MORGAN_API_KEYS), so the
-history is hers and the REST calls carry the key as a Bearer header.
+The page is opened with an API key of the user ``alice`` (MORGAN_API_KEYS) in its URL's
+fragment, so the history is hers, the REST calls carry the key as a Bearer header and
+the socket opens with a ticket.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def morgan() -> Iterator[MorganUp]:
 
 
 def page_url(morgan: MorganUp) -> str:
-    return f"{morgan.url}/?api_key={API_KEY}"
+    # In the fragment, which no request carries; the page fetches a ticket for its socket.
+    return f"{morgan.url}/#api_key={API_KEY}"
 
 
 def api_get(morgan: MorganUp, path: str) -> Any:

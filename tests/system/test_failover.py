@@ -35,7 +35,9 @@ def morgan(
 ) -> Iterator[Deployment]:
     net = network_factory(HOSTS, tmp_path_factory.mktemp("failover")).up()
     try:
-        yield asyncio.run(start_morgan(net))
+        dep = asyncio.run(start_morgan(net))
+        yield dep
+        assert dep.violations() == [], "a role lacks a permission it needs"
     finally:
         net.down()
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from morgan import certs
+from processors import permissions
+from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -79,3 +84,36 @@ def listening_ports(pid: int) -> set[int]:
             if state == "0A" and inode in inodes:  # 0A = LISTEN
                 ports.add(int(local.rsplit(":", 1)[1], 16))
     return ports
+
+
+TLS_DIR = "/etc/morgan/tls"
+"""Where deploy/ mounts the files ``morgan certs`` makes, in every container."""
+
+
+def nats_conf_with_certs(conf: Path, tmp: Path) -> str:
+    """A shipped NATS config whose TLS files exist: a throwaway CA and the certificate of
+    the host the config names, made by ``morgan certs`` under ``tmp``, in place of the
+    files under /etc/morgan/tls (nats-server reads them even for ``-t``)."""
+    text = conf.read_text()
+    hosts = set(re.findall(rf'cert_file: "{TLS_DIR}/([\w.-]+)\.pem"', text))
+    assert len(hosts) == 1, f"{conf}: expected one host certificate, found {hosts}"
+    certs.make_ca(tmp)
+    certs.issue_host(tmp, tmp, hosts.pop())
+    return text.replace(f'"{TLS_DIR}/', f'"{tmp}/')
+
+
+SEED_DIR = "/etc/morgan/nats"
+"""Where deploy/ mounts a service's NKey seed (``<role>.nk``, ``morgan nats-auth``)."""
+NATS_CONF = "/etc/nats/nats.conf"
+"""Where deploy/ mounts a node's deploy/nats/*.conf."""
+AUTH_CONF = "/etc/nats/auth.conf"
+"""Where deploy/ mounts auth.conf, the block ``include "auth.conf"`` reads (beside NATS_CONF)."""
+
+
+def write_auth_conf(directory: Path) -> dict[str, Path]:
+    """``directory/auth.conf`` as ``morgan nats-auth`` writes it (the NKey users of every
+    role of the default kinds), with the roles' seeds under ``directory/seeds``: role ->
+    seed file. Configs copied into ``directory`` find it by their include."""
+    seeds, block = permissions.credentials(Settings(), directory / "seeds")
+    (directory / "auth.conf").write_text(block)
+    return seeds

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from gateway import auth
+from gateway.key_ring import KeyRing
 from streams.settings import Settings
 
 
@@ -18,21 +19,21 @@ def test_keys_with_a_user_act_for_it_and_keys_without_one_are_their_own_user() -
     s = Settings(api_keys="alice:k-one, alice:k-two,bob:k-three ,lone-key")
     assert s.api_key_users == {"k-one": "alice", "k-two": "alice", "k-three": "bob", "lone-key": ""}
     assert s.api_key_set == {"k-one", "k-two", "k-three", "lone-key"}
-    users = s.api_key_users
-    assert auth.principal(request("k-one"), users) == auth.principal(request("k-two"), users)
-    assert auth.principal(request("k-three"), users) == "bob"
-    lone = auth.principal(request("lone-key"), users)
+    ring = KeyRing(s)
+    one, two = auth.identify(request("k-one"), ring), auth.identify(request("k-two"), ring)
+    assert one.user == two.user == "alice"
+    assert auth.identify(request("k-three"), ring).user == "bob"
+    lone = auth.identify(request("lone-key"), ring).user
     assert lone.startswith("k-") and len(lone) == 18 and "lone-key" not in lone
 
 
 def test_without_keys_every_client_is_the_local_user_and_quotas_go_by_address() -> None:
-    s = Settings(api_keys="")
-    assert auth.principal(request(), s.api_key_users) == auth.LOCAL_USER
-    assert auth.client_of(request(host="10.0.0.7"), s.api_key_set) == "addr:10.0.0.7"
+    caller = auth.identify(request(host="10.0.0.7"), KeyRing(Settings(api_keys="")))
+    assert (caller.user, caller.key, caller.client) == (auth.LOCAL_USER, None, "addr:10.0.0.7")
 
 
 def test_two_keys_of_one_user_share_the_user_but_not_the_quota() -> None:
-    s = Settings(api_keys="alice:k-one,alice:k-two")
-    one, two = request("k-one"), request("k-two")
-    assert auth.client_of(one, s.api_key_set) != auth.client_of(two, s.api_key_set)
-    assert "k-one" not in auth.client_of(one, s.api_key_set)  # only a hash of the key
+    ring = KeyRing(Settings(api_keys="alice:k-one,alice:k-two"))
+    one, two = auth.identify(request("k-one"), ring), auth.identify(request("k-two"), ring)
+    assert one.client != two.client
+    assert "k-one" not in one.client  # only a hash of the key

@@ -8,6 +8,7 @@ check-jsonschema), the Swarm stack by the docker CLI's own loader, NATS configs 
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import inspect
 import json
@@ -15,6 +16,7 @@ import os
 import plistlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,29 +33,42 @@ from urllib.parse import parse_qs, urlsplit
 
 import hcl2
 import jsonschema
+import nats
 import promql_parser
 import pytest
+from nats.aio.client import Client as NatsClient
 
+from morgan import certs
+from processors import permissions, registry
+from streams import bus, nats_auth
 from streams.embedded import binary as nats_server_binary
 from streams.settings import Settings
 from tests.unit.deploy_helpers import (
+    AUTH_CONF,
     COMPOSE_HOSTS,
     DEPLOY,
+    NATS_CONF,
     ROOT,
+    SEED_DIR,
+    TLS_DIR,
     compose,
     env_of,
     is_morgan,
     listening_ports,
     load_yaml,
     morgan_services,
+    nats_conf_with_certs,
     secret_names,
     stack,
+    write_auth_conf,
 )
 
 FIELDS = set(Settings.model_fields)
 CONSUL_ENV = {"CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN"}
 DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile.*"))
 NATS_CONFS = [DEPLOY / "nats" / f"nats-{n}.conf" for n in (1, 2, 3)]
+NATS_HOSTS = ("gpu-linux", "gpu-wsl", "cpu-linux")
+"""The host each of NATS_CONFS runs on, in order."""
 BIN = Path(sys.executable).parent
 
 
@@ -289,7 +305,7 @@ def test_services_only_use_declared_secrets_and_host_ports_are_unique(host: str)
     declared = set(data.get("secrets", {}))
     published: list[str] = []
     for name, svc in data["services"].items():
-        assert set(svc.get("secrets", [])) <= declared, f"{host}/{name}"
+        assert secret_names(svc) <= declared, f"{host}/{name}"
         published += [str(p).rsplit(":", 1)[0] for p in svc.get("ports", [])]
     assert len(published) == len(set(published))
 
@@ -369,6 +385,160 @@ def test_stack_runs_one_nats_node_per_labelled_host_with_its_config() -> None:
         svc = services[f"nats-{n}"]
         assert svc["deploy"]["placement"]["constraints"] == [f"node.labels.morgan.nats == {n}"]
         assert svc["configs"] == [{"source": f"nats-{n}", "target": "/etc/nats/nats.conf"}]
+
+
+# ---- TLS to NATS (docs/deploy.md, "TLS and certificates") ------------------------------
+
+
+def tls_mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """Path in the container -> secret, for the secrets a service mounts under TLS_DIR."""
+    return {
+        s["target"]: s["source"]
+        for s in svc.get("secrets", [])
+        if isinstance(s, dict) and str(s.get("target", "")).startswith(TLS_DIR + "/")
+    }
+
+
+def role_of(svc: dict[str, Any]) -> str:
+    """The NATS role a Morgan container connects as: ``gateway`` or the kind it runs."""
+    command = [str(c) for c in svc["command"]]
+    return "gateway" if command == ["gateway"] else command[command.index("processors") + 1]
+
+
+def all_secrets() -> Iterator[tuple[str, dict[str, Any]]]:
+    for host in COMPOSE_HOSTS:
+        yield host, compose(host).get("secrets", {})
+    yield "swarm", stack()["secrets"]
+
+
+def test_every_morgan_service_trusts_the_ca_and_presents_its_roles_certificate() -> None:
+    for where, svc in morgan_services():
+        role, env = role_of(svc), env_of(svc)
+        files = {f"{TLS_DIR}/ca.pem", f"{TLS_DIR}/{role}.pem", f"{TLS_DIR}/{role}-key.pem"}
+        assert env["MORGAN_NATS_TLS_CA"] == f"{TLS_DIR}/ca.pem", where
+        assert env["MORGAN_NATS_TLS_CERT"] == f"{TLS_DIR}/{role}.pem", where
+        assert env["MORGAN_NATS_TLS_KEY"] == f"{TLS_DIR}/{role}-key.pem", where
+        assert set(tls_mounts(svc)) == files, where  # its own key, no other role's
+
+
+def test_each_nats_node_mounts_exactly_the_files_its_config_names() -> None:
+    nodes = [compose(host)["services"]["nats"] for host in NATS_HOSTS]
+    nodes += [stack()["services"][f"nats-{n}"] for n in (1, 2, 3)]
+    for svc, conf in zip(nodes, NATS_CONFS * 2, strict=True):
+        named = {v for block in tls_blocks(conf.read_text()).values() for v in block.values()}
+        assert set(tls_mounts(svc)) == {v for v in named if v.startswith(TLS_DIR)}, conf.name
+
+
+def test_tls_secrets_come_from_the_files_morgan_certs_writes() -> None:
+    """Compose: ``secrets/tls/<name>``, named as inside the container; Swarm: external."""
+    targets: dict[str, set[str]] = {}
+    for host in COMPOSE_HOSTS:
+        for svc in compose(host)["services"].values():
+            for target, source in tls_mounts(svc).items():
+                targets.setdefault(f"{host}/{source}", set()).add(target)
+    for where, secrets in all_secrets():
+        for name, secret in secrets.items():
+            if not name.startswith("tls-"):
+                continue
+            if where == "swarm":
+                assert secret == {"external": True}, name
+            else:
+                (target,) = targets[f"{where}/{name}"]
+                assert secret["file"] == f"./secrets/tls/{Path(target).name}", name
+
+
+# ---- NKeys: who may connect to NATS (docs/deploy.md, "NATS credentials") ------------------
+
+
+def deploy_roles() -> set[str]:
+    """The roles ``processors.permissions`` makes for the built-in kinds."""
+    specs = [registry.spec(k) for k in registry.BUILT_IN]
+    return {role.name for role in permissions.roles(Settings(), specs)}
+
+
+PEOPLE = {nats_auth.ADMIN, nats_auth.OPERATOR}
+"""Roles no service runs as: ``admin`` (declares streams) and ``operator`` (the nats CLI)."""
+
+
+def seed_mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """Path in the container -> secret, for the NKey seeds a service mounts."""
+    return {
+        s["target"]: s["source"]
+        for s in svc.get("secrets", [])
+        if isinstance(s, dict) and str(s.get("target", "")).startswith(SEED_DIR + "/")
+    }
+
+
+def nats_nodes() -> Iterator[tuple[str, dict[str, Any], Path]]:
+    """``where``, the service and its deploy/nats/*.conf, for every NATS node."""
+    for host, conf in zip(NATS_HOSTS, NATS_CONFS, strict=True):
+        yield f"{host}/nats", compose(host)["services"]["nats"], conf
+    for n, conf in enumerate(NATS_CONFS, start=1):
+        yield f"swarm/nats-{n}", stack()["services"][f"nats-{n}"], conf
+
+
+def test_every_morgan_service_authenticates_with_its_own_roles_seed() -> None:
+    roles = deploy_roles()
+    for where, svc in morgan_services():
+        role = role_of(svc)
+        seed = f"{SEED_DIR}/{nats_auth.seed_path(Path(), role)}"
+        env = env_of(svc)
+        assert env["MORGAN_NATS_SEED_FILE"] == seed, where
+        # the file name is the role: it picks the inbox prefix the role may read
+        assert bus.role_of(settings_from(env)) == role, where
+        assert seed_mounts(svc) == {seed: f"nats-{role}"}, where  # its own seed only
+        others = {f"nats-{r}" for r in roles - {role}} | {"nats-auth"}
+        assert not secret_names(svc) & others, where
+
+
+def test_every_nats_node_mounts_the_auth_conf_its_config_includes() -> None:
+    for where, svc, conf in nats_nodes():
+        (include,) = re.findall(r'(?m)^include "([^"]+)"$', conf.read_text())
+        # nats-server reads an include's path from the including file's directory
+        assert str(Path(NATS_CONF).parent / include) == AUTH_CONF, conf.name
+        assert {"source": "nats-auth", "target": AUTH_CONF} in svc["secrets"], where
+        assert seed_mounts(svc) == {}, where  # a node needs public keys only
+
+
+def test_only_nats_nodes_get_auth_conf_and_only_morgan_services_get_seeds() -> None:
+    nodes = {where for where, _, _ in nats_nodes()}
+    for host, name, svc in all_services():
+        where = f"{host}/{name}"
+        names = secret_names(svc)
+        assert ("nats-auth" in names) == (where in nodes), where
+        if not is_morgan(svc):
+            assert not {n for n in names if n.startswith("nats-")} - {"nats-auth"}, where
+            assert "MORGAN_NATS_SEED_FILE" not in env_of(svc), where
+
+
+def test_deploy_files_use_exactly_the_roles_permissions_makes() -> None:
+    """Every kind's role and the gateway's run somewhere; no service runs as a role
+    ``processors.permissions`` does not know, nor as admin or operator."""
+    used = {role_of(svc) for _, svc in morgan_services()}
+    declared: set[str] = set()
+    for _, secrets in all_secrets():
+        declared |= {n.removeprefix("nats-") for n in secrets if n.startswith("nats-")}
+    assert used == deploy_roles() - PEOPLE
+    assert declared == used | {"auth"}
+
+
+def test_nats_secrets_come_from_the_files_morgan_nats_auth_writes() -> None:
+    """Compose: ``secrets/nats/<role>.nk`` and ``secrets/nats/auth.conf``, each used by a
+    service of that file; Swarm: external."""
+    out = Path("./secrets/nats")
+    for where, secrets in all_secrets():
+        services = stack()["services"] if where == "swarm" else compose(where)["services"]
+        mounted = set().union(*(secret_names(svc) for svc in services.values()))
+        for name, secret in secrets.items():
+            if not name.startswith("nats-"):
+                continue
+            assert name in mounted, f"{where}: {name} is declared but not used"
+            role = name.removeprefix("nats-")
+            file = out / "auth.conf" if role == "auth" else nats_auth.seed_path(out, role)
+            if where == "swarm":
+                assert secret == {"external": True}, name
+            else:
+                assert secret["file"] == f"./{file}", f"{where}: {name}"
 
 
 # ---- data layer: PostgreSQL under Patroni, Redis Cluster, Qdrant (docs/data.md) ---------
@@ -859,19 +1029,48 @@ def test_healthcheck_passes_a_processor_without_metrics_port() -> None:
 # ---- NATS --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", NATS_CONFS, ids=lambda p: p.name)
-def test_nats_config_passes_nats_server_config_check(path: Path) -> None:
-    out = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30
+def nats_check(conf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
     )
+
+
+@pytest.mark.parametrize("path", NATS_CONFS, ids=lambda p: p.name)
+def test_nats_config_passes_nats_server_config_check(path: Path, tmp_path: Path) -> None:
+    """With real certificate files (made by ``morgan certs``) where the config names them
+    and a real auth.conf (the NKey users ``morgan nats-auth`` writes) beside it."""
+    conf = tmp_path / path.name
+    conf.write_text(nats_conf_with_certs(path, tmp_path))
+    write_auth_conf(tmp_path)
+    out = nats_check(conf)
     assert out.returncode == 0, out.stderr + out.stdout
 
 
 def test_nats_config_check_is_not_vacuous_it_rejects_a_misspelt_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.conf"
-    bad.write_text(NATS_CONFS[0].read_text().replace("sync_interval", "sync_intervall"))
-    out = subprocess.run([nats_server_binary(), "-t", "-c", str(bad)], capture_output=True)
+    write_auth_conf(tmp_path)
+    bad.write_text(
+        nats_conf_with_certs(NATS_CONFS[0], tmp_path).replace("sync_interval", "sync_intervall")
+    )
+    out = nats_check(bad)
+    assert out.returncode != 0 and "sync_intervall" in out.stderr + out.stdout
+
+
+def test_nats_config_check_reads_the_certificates_the_config_names(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.conf"
+    write_auth_conf(tmp_path)
+    missing.write_text(NATS_CONFS[0].read_text().replace(f'"{TLS_DIR}/', f'"{tmp_path}/'))
+    out = nats_check(missing)
+    assert out.returncode != 0 and "gpu-linux.pem: no such file" in out.stderr + out.stdout
+
+
+def test_nats_config_check_reads_the_auth_conf_the_config_includes(tmp_path: Path) -> None:
+    conf = tmp_path / "no-auth.conf"
+    conf.write_text(nats_conf_with_certs(NATS_CONFS[0], tmp_path))
+    out = nats_check(conf)
     assert out.returncode != 0
+    assert "error parsing include file 'auth.conf'" in out.stderr + out.stdout
+    assert "no such file" in out.stderr + out.stdout
 
 
 def test_nats_nodes_form_one_jetstream_cluster_with_explicit_sync_interval() -> None:
@@ -884,23 +1083,70 @@ def test_nats_nodes_form_one_jetstream_cluster_with_explicit_sync_interval() -> 
         assert 'name: "morgan"' in text and 'http: "0.0.0.0:8222"' in text
         for host in ("gpu-linux", "gpu-wsl", "cpu-linux"):
             assert f'"nats-route://{host}:6222"' in text
-    # Apart from the node's name and its header, the three files are the same.
-    bodies = {re.sub(r"(?m)^(#.*|server_name: .*)\n", "", t) for t in texts}
+    # Apart from the node's name, its header and its host's certificate, the three files
+    # are the same.
+    bodies = {
+        re.sub(rf"{TLS_DIR}/{host}", "HOST", re.sub(r"(?m)^(#.*|server_name: .*)\n", "", t))
+        for t, host in zip(texts, NATS_HOSTS, strict=True)
+    }
     assert len(bodies) == 1
 
 
-def test_nats_node_config_starts_a_real_jetstream_server(tmp_path: Path) -> None:
-    """The shipped settings, with loopback ports chosen by the server and a tmp store.
+def tls_blocks(text: str) -> dict[str, dict[str, str]]:
+    """The ``tls { }`` blocks of a NATS config: ``clients`` (top level) and ``routes``
+    (inside ``cluster``), each as its ``key: value`` lines."""
+    blocks: dict[str, dict[str, str]] = {}
+    for m in re.finditer(r"(?m)^( *)tls \{\n(.*?)^\1\}", text, re.S):
+        fields = dict(re.findall(r"(?m)^\s+(\w+): (.+)$", m[2]))
+        blocks["routes" if m[1] else "clients"] = {k: v.strip('"') for k, v in fields.items()}
+    return blocks
+
+
+@pytest.mark.parametrize(("path", "host"), list(zip(NATS_CONFS, NATS_HOSTS, strict=True)))
+def test_nats_node_requires_client_certificates_from_the_ca_on_clients_and_routes(
+    path: Path, host: str
+) -> None:
+    blocks = tls_blocks(path.read_text())
+    assert set(blocks) == {"clients", "routes"}
+    for block in blocks.values():
+        assert block["verify"] == "true"
+        assert block["ca_file"] == f"{TLS_DIR}/ca.pem"
+        assert block["cert_file"] == f"{TLS_DIR}/{host}.pem"
+        assert block["key_file"] == f"{TLS_DIR}/{host}-key.pem"
+
+
+async def nats_attempt(url: str, **options: Any) -> str:
+    """Connect once to ``url``: "connected", or the server's reason for refusing (the
+    client is closed either way)."""
+    nc = NatsClient()
+    try:
+        await nc.connect(servers=[url], allow_reconnect=False, connect_timeout=5, **options)
+    except nats.errors.Error as exc:
+        return str(exc)
+    finally:
+        await nc.close()
+    return "connected"
+
+
+@contextmanager
+def shipped_node(tmp_path: Path) -> Iterator[tuple[str, dict[str, Path]]]:
+    """nats-1.conf as shipped, with loopback ports chosen by the server, a tmp store,
+    throwaway certificates (the host's also naming 127.0.0.1, so clients on loopback can
+    verify it) and a real auth.conf beside it: yields the node's log up to "Server is
+    ready" and the roles' seeds.
 
     A clustered JetStream refuses to start without routes, so the three routes become one
     that nothing answers: the node starts and waits for peers, as on a host that boots first.
     """
-    text = NATS_CONFS[0].read_text()
+    tls = tmp_path / "tls"
+    text = nats_conf_with_certs(NATS_CONFS[0], tls)
+    certs.issue_host(tls, tls, "gpu-linux", ips=["127.0.0.1"])
     text = text.replace('"/data/jetstream"', json.dumps(str(tmp_path / "js")))
     text = re.sub(r'"0\.0\.0\.0:\d+"', '"127.0.0.1:-1"', text)
     text = re.sub(r"routes: \[[^\]]*\]", 'routes: ["nats-route://127.0.0.1:9"]', text)
     conf = tmp_path / "node.conf"
     conf.write_text(text)
+    seeds = write_auth_conf(tmp_path)
     proc = subprocess.Popen(
         [nats_server_binary(), "-c", str(conf)], stderr=subprocess.PIPE, text=True
     )
@@ -917,12 +1163,100 @@ def test_nats_node_config_starts_a_real_jetstream_server(tmp_path: Path) -> None
                 break
         joined = "".join(log)
         assert "Server is ready" in joined, joined
-        assert "Starting JetStream" in joined
+        yield joined, seeds
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_nats_node_config_starts_a_real_jetstream_server(tmp_path: Path) -> None:
+    with shipped_node(tmp_path) as (log, _):
+        assert "Starting JetStream" in log
+        assert "TLS required for client connections" in log
+
+
+def test_shipped_nats_node_admits_a_role_only_with_its_certificate_and_its_seed(
+    tmp_path: Path,
+) -> None:
+    """The shipped config with ``morgan nats-auth``'s auth.conf: a process connecting as
+    ``streams.bus.connect`` does, with the CA, its role's certificate and its role's seed
+    (deploy/ mounts all three), gets in; with the certificate alone it does not."""
+    tls = tmp_path / "tls"
+    with shipped_node(tmp_path) as (log, seeds):
+        port = re.search(r"Listening for client connections on 127\.0\.0\.1:(\d+)", log)
+        assert port, log
+        client = certs.issue_client(tls, tls, "stt")
+        settings = Settings(
+            nats_url=f"nats://127.0.0.1:{port[1]}",
+            nats_tls_ca=str(tls / "ca.pem"),
+            nats_tls_cert=str(client.cert),
+            nats_tls_key=str(client.key),
+            nats_seed_file=str(seeds["stt"]),
+        )
+
+        async def connect() -> None:
+            nc = await bus.connect(settings, "deploy-test", connect_timeout=5, keep_trying=False)
+            await nc.close()
+
+        asyncio.run(connect())
+        without_seed = nats_attempt(settings.nats_url, tls=bus.tls_context(settings))
+        assert "Authorization Violation" in asyncio.run(without_seed)
+
+
+def test_rotating_a_roles_seed_and_reloading_the_node_locks_the_old_seed_out(
+    tmp_path: Path,
+) -> None:
+    """docs/deploy.md, "Rotating a role's key", against the real nats-server: delete the
+    role's seed, re-run ``morgan nats-auth`` (the others are kept), reload with SIGHUP."""
+    out = tmp_path / "nats"
+    seeds, block = permissions.credentials(Settings(), out)
+    (tmp_path / "auth.conf").write_text(block)
+    conf = tmp_path / "node.conf"
+    conf.write_text('listen: "127.0.0.1:-1"\ninclude "auth.conf"\n')
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-c", str(conf)], stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    try:
+        port = None
+        while port is None and (line := proc.stderr.readline()):
+            found = re.search(r"Listening for client connections on 127\.0\.0\.1:(\d+)", line)
+            port = found[1] if found else None
+        assert port, "nats-server did not start"
+        url = f"nats://127.0.0.1:{port}"
+
+        async def rotate() -> None:
+            old = tmp_path / "old" / "stt.nk"
+            old.parent.mkdir()
+            old.write_bytes(seeds["stt"].read_bytes())
+            kept = {r: s.read_bytes() for r, s in seeds.items() if r != "stt"}
+            stt = await nats.connect(url, nkeys_seed=str(seeds["stt"]), allow_reconnect=False)
+            gateway = await nats.connect(url, nkeys_seed=str(seeds["gateway"]))
+
+            seeds["stt"].unlink()
+            new_seeds, new_block = permissions.credentials(Settings(), out)
+            assert {r: s.read_bytes() for r, s in new_seeds.items() if r != "stt"} == kept
+            (tmp_path / "auth.conf").write_text(new_block)
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while not stt.is_closed and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+
+            assert stt.is_closed  # the node closed the connection open with the old key
+            assert "Authorization Violation" in await nats_attempt(url, nkeys_seed=str(old))
+            assert await nats_attempt(url, nkeys_seed=str(new_seeds["stt"])) == "connected"
+            assert gateway.is_connected  # the other roles' connections stay up
+            await gateway.flush(timeout=2)
+            await stt.close()
+            await gateway.close()
+
+        asyncio.run(rotate())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()
 
 
 # ---- Traefik -------------------------------------------------------------------------
@@ -1356,6 +1690,13 @@ def test_deploy_docs_cover_every_host_and_the_durability_choice() -> None:
         "target_session_attrs=read-write",
         "redis-cli --cluster create",
         "qdrant-snapshots",
+        "## TLS and certificates",
+        "morgan certs show",
+        "MORGAN_NATS_TLS_CA",
+        "## NATS credentials",
+        "morgan nats-auth --out",
+        "MORGAN_NATS_SEED_FILE",
+        "nats-server --signal reload",
     ):
         assert word in text, word
 
