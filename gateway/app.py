@@ -31,14 +31,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Query
-from fastapi.exceptions import RequestValidationError
+from fastapi import Path as PathParam
 from nats.errors import Error as NatsError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from gateway import auth, conversations, http_guard, presence, text_api
+from gateway import auth, conversations, errors, http_guard, presence, protocol, text_api
 from gateway.errors import error_response
 from gateway.key_ring import REVOKED_CLOSE, Caller, KeyRefused, KeyRing, KeyWatch
 from gateway.keys import KvKeys
@@ -106,7 +106,14 @@ def create_app(settings: Settings) -> FastAPI:
             except (NatsError, TimeoutError) as exc:  # closed already, or slow to flush
                 log.warning("gateway: NATS drain: %r", exc)
 
-    app = FastAPI(title="Morgan gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Morgan gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        responses=errors.RESPONSES,
+    )
+    errors.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     host_rule = http_guard.HostRule.from_settings(settings)  # 421 bad_host, every route
     app.add_middleware(http_guard.HostGuard, rule=host_rule, metrics=metrics)
@@ -164,7 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             gw.quota.close_session(caller.client)
 
-    @app.post("/api/text")
+    @app.post("/api/text", openapi_extra={"requestBody": protocol.TEXT_REQUEST_BODY})
     async def text(request: Request) -> Response:
         gw = gateway_of(request)
         refused = http_guard.origin_refusal(request, gw.settings, gw.metrics)  # 403
@@ -197,6 +204,9 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+SID = PathParam(pattern=protocol.SESSION_ID_PATTERN, description="the conversation's session id")
+
+
 def conversation_routes(app: FastAPI) -> None:
     """The user's conversations and memory (``gateway.conversations``)."""
 
@@ -210,7 +220,9 @@ def conversation_routes(app: FastAPI) -> None:
     async def conversations_page(
         request: Request,
         limit: int = Query(conversations.PAGE, ge=1, le=conversations.MAX_PAGE),
-        before: float | None = Query(None, description="the previous page's `next`"),
+        before: float | None = Query(
+            None, ge=0, lt=1e11, allow_inf_nan=False, description="the previous page's `next`"
+        ),
     ) -> Response:
         gw = gateway_of(request)
         return allowed(request) or await conversations.list_conversations(
@@ -218,17 +230,17 @@ def conversation_routes(app: FastAPI) -> None:
         )
 
     @app.get("/api/conversations/{sid}", summary="One conversation's messages and timings")
-    async def conversation(request: Request, sid: str) -> Response:
+    async def conversation(request: Request, sid: str = SID) -> Response:
         gw = gateway_of(request)
         return allowed(request) or await conversations.get_conversation(request, gw, sid)
 
     @app.post("/api/conversations/{sid}/resume", summary="A fresh resume token to continue it")
-    async def resume(request: Request, sid: str) -> Response:
+    async def resume(request: Request, sid: str = SID) -> Response:
         gw = gateway_of(request)
         return allowed(request) or await conversations.resume_conversation(request, gw, sid)
 
     @app.delete("/api/conversations/{sid}", summary="Delete a conversation", status_code=204)
-    async def delete(request: Request, sid: str) -> Response:
+    async def delete(request: Request, sid: str = SID) -> Response:
         gw = gateway_of(request)
         return allowed(request) or await conversations.delete_conversation(request, gw, sid)
 
@@ -236,14 +248,6 @@ def conversation_routes(app: FastAPI) -> None:
     async def forget(request: Request, user: str) -> Response:
         gw = gateway_of(request)
         return allowed(request) or await conversations.forget_user(request, gw, user)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        where = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
-            for e in exc.errors()
-        )
-        return error_response(422, "bad_request", where or "malformed request")
 
 
 def identified(conn: HTTPConnection, gw: Gateway) -> Caller | JSONResponse:

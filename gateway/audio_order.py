@@ -11,6 +11,14 @@ order and returns the ones that may be sent now, strictly in order from
     order.cancel("t1")                                   -> True    (first time only)
     order.done("t1", sentences=2); order.complete("t1")  -> True
 
+Memory is bounded: at most ``limit`` (by each chunk's ``size``, default 1; the
+gateway counts bytes: 8 MiB, over 3 minutes of 22 kHz audio) waits behind missing
+chunks, and at most ``MAX_OPEN_TURNS`` turns are open. Past the limit, the oldest
+turn that holds audio gives up its gap: it goes on from the earliest chunk that came
+(a sentence lost for good, or a misbehaving publisher, costs a jump in the audio,
+never the gateway's memory). Past the turn count, the oldest open turn is forgotten
+with what it holds.
+
 ``AlreadySent`` answers, on resume, which replayed chunks the client already has.
 """
 
@@ -23,6 +31,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 _FORGET_AFTER = 256
 """Finished turns remembered, so late or duplicate chunks of them are dropped."""
+REORDER_LIMIT = 8 * 1024 * 1024
+"""Default ``limit``: what may wait behind missing chunks, in units of ``size``."""
+MAX_OPEN_TURNS = 64
+"""Turns with audio or a reply.done but not yet complete; a session has one or two."""
 
 
 @dataclass
@@ -33,15 +45,28 @@ class TurnAudio(Generic[T]):
     next_chunk: int = 0
     sentences: int | None = None
     """From reply.done: how many sentences the turn has (None until known)."""
-    waiting: dict[tuple[int, int], tuple[bool, T]] = field(default_factory=dict)
+    waiting: dict[tuple[int, int], tuple[bool, T, int]] = field(default_factory=dict)
+    """(seq, chunk) -> (last, item, size) of chunks that came before their turn."""
+    size: int = 0
+    """The sum of ``waiting``'s sizes."""
 
-    def add(self, seq: int, chunk: int, last: bool, item: T) -> list[T]:
+    def add(self, seq: int, chunk: int, last: bool, item: T, size: int = 1) -> list[T]:
         if (seq, chunk) < (self.next_seq, self.next_chunk) or (seq, chunk) in self.waiting:
             return []  # already sent, or a duplicate of one still waiting
-        self.waiting[(seq, chunk)] = (last, item)
+        self.waiting[(seq, chunk)] = (last, item, size)
+        self.size += size
+        return self._release()
+
+    def skip_gap(self) -> list[T]:
+        """Give up on what is missing before the earliest waiting chunk; release from it."""
+        self.next_seq, self.next_chunk = min(self.waiting)
+        return self._release()
+
+    def _release(self) -> list[T]:
         out: list[T] = []
         while (self.next_seq, self.next_chunk) in self.waiting:
-            is_last, ready = self.waiting.pop((self.next_seq, self.next_chunk))
+            is_last, ready, size = self.waiting.pop((self.next_seq, self.next_chunk))
+            self.size -= size
             out.append(ready)
             if is_last:
                 self.next_seq, self.next_chunk = self.next_seq + 1, 0
@@ -61,26 +86,56 @@ class TurnAudio(Generic[T]):
 class AudioOrder(Generic[T]):
     """Every turn of one session; cancelled and finished turns are dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = REORDER_LIMIT) -> None:
+        self.limit = limit
+        """At most this much (by ``add``'s ``size``) waits behind missing chunks."""
         self.turns: dict[str, TurnAudio[T]] = {}
         self.cancelled: OrderedDict[str, None] = OrderedDict()
         self.finished: OrderedDict[str, None] = OrderedDict()
+        self.skipped = 0
+        """Gaps given up on (see the module docstring)."""
 
-    def add(self, turn: str, seq: int, chunk: int, last: bool, item: T) -> list[T]:
-        """The items that can be sent now, in order (empty if this one must wait)."""
+    def add(self, turn: str, seq: int, chunk: int, last: bool, item: T, size: int = 1) -> list[T]:
+        """The items that can be sent now, in order (empty if this one must wait). They
+        are this turn's, unless the limit made an older turn skip a gap: then that
+        turn's released items come first."""
         if turn in self.cancelled or turn in self.finished:
             return []
-        audio = self.turns.setdefault(turn, TurnAudio())
-        out = audio.add(seq, chunk, last, item)
+        out = self._turn(turn).add(seq, chunk, last, item, size)
+        early = self._skip_while_over_limit()
         self._retire_if_complete(turn)
-        return out
+        return early + out if early else out
 
     def done(self, turn: str, sentences: int) -> None:
         """Record reply.done: the turn has ``sentences`` sentences of audio."""
         if turn in self.cancelled or turn in self.finished:
             return
-        self.turns.setdefault(turn, TurnAudio()).sentences = sentences
+        self._turn(turn).sentences = sentences
         self._retire_if_complete(turn)
+
+    @property
+    def buffered(self) -> int:
+        """What waits behind missing chunks, by size."""
+        return sum(audio.size for audio in self.turns.values())
+
+    def _turn(self, turn: str) -> TurnAudio[T]:
+        audio = self.turns.get(turn)
+        if audio is None:
+            while len(self.turns) >= MAX_OPEN_TURNS:  # forget the oldest, with its audio
+                oldest = next(iter(self.turns))
+                del self.turns[oldest]
+                _remember(self.finished, oldest)
+            audio = self.turns[turn] = TurnAudio()
+        return audio
+
+    def _skip_while_over_limit(self) -> list[T]:
+        released: list[T] = []
+        while self.buffered > self.limit:
+            name, audio = next((n, a) for n, a in self.turns.items() if a.waiting)
+            released += audio.skip_gap()
+            self.skipped += 1
+            self._retire_if_complete(name)
+        return released
 
     def complete(self, turn: str) -> bool:
         """reply.done was seen and every sentence's last chunk has been released."""
@@ -128,11 +183,14 @@ class AlreadySent:
         self.shadow: AudioOrder[int] = AudioOrder()
         self.sent: set[int] = set()
 
-    def note(self, turn: str, seq: int, chunk: int, last: bool, stream_id: int) -> None:
-        """Feed every replayed chunk, in stream order, before asking ``has``."""
+    def note(
+        self, turn: str, seq: int, chunk: int, last: bool, stream_id: int, size: int = 1
+    ) -> None:
+        """Feed every replayed chunk, in stream order, before asking ``has`` (``size``:
+        as the session's ``AudioOrder`` counts it, so gaps are skipped alike)."""
         if self.reached:
             return
-        for released in self.shadow.add(turn, seq, chunk, last, stream_id):
+        for released in self.shadow.add(turn, seq, chunk, last, stream_id, size):
             self.sent.add(released)
             if released == self.last_id:
                 self.reached = True

@@ -3,6 +3,9 @@ messages to it. Pure: no I/O.
 
 Every refusal is a ``ProtocolError`` whose ``code`` the client sees in an
 ``error`` message (docs/protocol.md lists them); the session stays open.
+
+The same rules, as the OpenAPI schema states them: ``SESSION_ID_PATTERN`` (path
+parameters too) and ``TEXT_REQUEST_BODY`` (``POST /api/text``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,30 @@ MAX_DEPTH = 16
 """Deepest nesting of arrays and objects accepted in a client's JSON."""
 MAX_CURSOR = 2**63 - 1
 """Largest resume cursor: stream sequences are 64-bit, and no stream gets near this."""
-_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_RESUME_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+"""What a session (conversation) id looks like; the same in OpenAPI path parameters."""
+RESUME_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{16,128}$"
+_SESSION_ID = re.compile(SESSION_ID_PATTERN.strip("^$"))
+_RESUME_TOKEN = re.compile(RESUME_TOKEN_PATTERN.strip("^$"))
+TEXT_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "title": "TypedTurn",
+                "type": "object",
+                "required": ["text"],
+                "properties": {
+                    "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS},
+                    "session_id": {"type": "string", "pattern": SESSION_ID_PATTERN},
+                    "resume_token": {"type": "string", "pattern": RESUME_TOKEN_PATTERN},
+                },
+            }
+        }
+    },
+}
+"""``POST /api/text``'s body in the OpenAPI schema (``openapi_extra={"requestBody": ...}``):
+the route reads its body itself (gateway/http_body.py), so FastAPI cannot tell."""
 
 
 class ProtocolError(Exception):

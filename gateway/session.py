@@ -17,12 +17,30 @@ Resume: only with the session's resume token, by the API key that opened it
 only ids past ``last_event`` (older ones just rebuild state: cancelled turns,
 reply.done); audio waits for that, then replays from the start and skips what
 ``AlreadySent`` says the client has. Cursors past the session's end count as its
-end. One lock keeps each audio header next to its bytes.
+end.
+
+Everything for the client goes through one ``Outbox`` and one writer task, so an
+audio header is always next to its bytes and the bus callbacks never wait on the
+client's socket.
 
 Careless clients: a socket that sends no ``session.start`` in ``start_timeout_s``
-is closed (1008); one that stops reading is written to no more once a send has
-waited ``SEND_TIMEOUT_S``; audio after a long silence claims the session again,
-since its VAD worker lets a session go after ``session_idle_s`` without audio.
+is closed (1008); audio after a long silence claims the session again, since its
+VAD worker lets a session go after ``session_idle_s`` without audio.
+
+A client that reads too slowly cannot grow the gateway's memory. What a session holds
+for its client is bounded: the outbox (``OUTBOX_BYTES``, 8 MiB, over 3 minutes of
+22 kHz audio), audio waiting behind a missing sentence (``AudioOrder``: 8 MiB, then the
+gap is skipped; released at once, it may take the outbox past its bound by that much),
+uvicorn's write buffer (64 KiB plus the message being written), and the NATS client's
+queue of the two ordered consumers, which stays short because their callbacks never
+wait for the client. The session is closed with 4008 ``slow_consumer``
+(docs/protocol.md) when the outbox is full (nothing more is queued; what is queued
+still goes out, for at most ``SEND_TIMEOUT_S``, then the close) or when one message
+has waited ``SEND_TIMEOUT_S`` (10 s) for the socket (the client reads nothing: what
+is queued is dropped, and the close goes at once). The close frame goes behind what
+the client has not read yet, and a client that does not answer it within 10 s is cut
+off (gateway/ws_protocol.py). The session itself lives on: the client resumes it and
+gets what it missed from the streams.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -77,9 +96,66 @@ session's events 15-20 s to come back after a node restart)."""
 EVENTS_CATCH_UP_S = 5.0
 """On resume, audio waits at most this long for the event replay, seconds."""
 SEND_TIMEOUT_S = 10.0
-"""A client whose socket took this long to take one message is not reading: it is sent
-nothing more, seconds."""
+"""A client whose socket took this long to take one message is not reading: the session
+is closed with ``SLOW_CONSUMER``, seconds."""
+OUTBOX_BYTES = 8 * 1024 * 1024
+"""What may wait for one client's socket (messages, reply audio), bytes; one more and the
+session is closed with ``SLOW_CONSUMER``."""
+MESSAGE_OVERHEAD = 128
+"""Bytes counted for each queued message on top of its text and audio (its objects)."""
 POLICY_VIOLATION = 1008
+SLOW_CONSUMER = 4008
+"""Close code (reason ``slow_consumer``) for a client that does not read what it is sent."""
+
+
+class Outbox:
+    """What waits to be written to one client, oldest first, at most ``limit`` bytes.
+
+    A message is JSON text, or an audio header with its PCM. ``put`` refuses a message
+    that would pass the limit (a single message larger than the limit still goes, alone),
+    unless ``force``: the rest of a turn's audio that one chunk released at once (after a
+    missing sentence came, at most ``AudioOrder``'s limit) goes in whole.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: deque[tuple[str, bytes | None]] = deque()
+        self.size = 0
+        self.ready = asyncio.Event()
+        self.ended = False
+
+    @staticmethod
+    def cost(text: str, pcm: bytes | None) -> int:
+        return len(text) + (len(pcm) if pcm is not None else 0) + MESSAGE_OVERHEAD
+
+    def put(self, text: str, pcm: bytes | None = None, *, force: bool = False) -> bool:
+        """Queue a message; False, and nothing queued, when it does not fit."""
+        cost = self.cost(text, pcm)
+        if self.items and self.size + cost > self.limit and not force:
+            return False
+        self.items.append((text, pcm))
+        self.size += cost
+        self.ready.set()
+        return True
+
+    def end(self) -> None:
+        """``get`` answers None once what is queued has been taken."""
+        self.ended = True
+        self.ready.set()
+
+    async def get(self) -> tuple[str, bytes | None] | None:
+        while not self.items:
+            if self.ended:
+                return None
+            self.ready.clear()
+            await self.ready.wait()
+        text, pcm = self.items.popleft()
+        self.size -= self.cost(text, pcm)
+        return text, pcm
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.size = 0
 
 
 class Session:
@@ -102,7 +178,15 @@ class Session:
         self.events_ready = asyncio.Event()
         self.subs: list[Subscription] = []
         self.send_lock = asyncio.Lock()
+        """Held while a session starts: what the bus sends waits for session.ready."""
+        self.outbox = Outbox(OUTBOX_BYTES)
+        self.writer: asyncio.Task[None] | None = None
+        self.closing: asyncio.Task[None] | None = None
+        """Closes the session after the outbox overflowed (``_overflowed``)."""
         self.open = True
+        """False once the session stops sending to the client (closed, gone, too slow)."""
+        self.closed = False
+        """The socket's close has been sent."""
         self.turns = TurnMetrics(gw.metrics)
 
     async def run(self) -> None:
@@ -110,11 +194,13 @@ class Session:
         self.gw.metrics.active_sessions.inc()
         loop = asyncio.get_running_loop()
         start_by = loop.time() + self.gw.settings.start_timeout_s
+        writer = self.writer = asyncio.create_task(self._drain())
         try:
             while self.open:
                 try:
                     wait = None if self.sid is not None else start_by - loop.time()
-                    message = await asyncio.wait_for(self.ws.receive(), wait)
+                    async with asyncio.timeout(wait):
+                        message = await self.ws.receive()
                 except TimeoutError:
                     await self._close(POLICY_VIOLATION, "no session.start in time")
                     break
@@ -133,6 +219,12 @@ class Session:
                     await self.send(protocol.unavailable(exc))
         finally:
             self.open = False
+            if self.closing is not None:
+                await asyncio.wait({self.closing})
+            self.outbox.clear()
+            self.outbox.end()  # the writer stops at its next message, or now if it waits
+            writer.cancel()
+            await asyncio.wait({writer})
             if self.mic is not None:  # accepted audio still goes out after a disconnect
                 await self.mic.close(self.gw.settings.audio_backlog_s)
             for sub in self.subs:
@@ -198,7 +290,7 @@ class Session:
                         await sub.unsubscribe()
                 self.subs.clear()
                 raise
-            await self._write(protocol.ready(sid, token, OUTPUT_RATE))
+            self._queue(protocol.ready(sid, token, OUTPUT_RATE))
 
     async def _prepare_resume(self, sid: str, msg: protocol.Start) -> tuple[int, int, float]:
         """Replay cursors for the client; the last microphone frame's number, the offset
@@ -269,10 +361,53 @@ class Session:
         await self._close(1000, "session ended")
 
     async def _close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` once what is queued has gone out; what the client
+        has not taken after ``SEND_TIMEOUT_S`` is dropped."""
         self.open = False
-        async with self.send_lock:
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # it closed first
-                await asyncio.wait_for(self.ws.close(code, reason), SEND_TIMEOUT_S)
+        self.outbox.end()  # the writer stops after what is queued
+        writer = self.writer
+        if writer is not None and not writer.done():
+            done, _ = await asyncio.wait({writer}, timeout=SEND_TIMEOUT_S)
+            if not done:
+                writer.cancel()
+                log.info("session %s: closing before the client took what was sent", self.sid)
+        await self._close_socket(code, reason)
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError, TimeoutError):
+            async with asyncio.timeout(SEND_TIMEOUT_S):  # (it went first, or reads nothing)
+                await self.ws.close(code, reason)
+
+    def _overflowed(self) -> None:
+        """The client takes less than its session sends: queue nothing more, and close with
+        4008 after what is queued (in a task: the bus callbacks never wait)."""
+        log.info(
+            "session %s: the client reads nothing in time (%d bytes wait); closing it (4008)",
+            self.sid,
+            self.outbox.size,
+        )
+        self.gw.metrics.rejections.labels("slow_consumer").inc()
+        self.open = False
+        self.outbox.end()
+        self.closing = asyncio.create_task(self._close(SLOW_CONSUMER, "slow_consumer"))
+
+    async def _stalled(self) -> None:
+        """The client has not taken one message in ``SEND_TIMEOUT_S``: it reads nothing.
+        Drop what waits and close with 4008 at once."""
+        if self.closed:
+            return
+        log.info(
+            "session %s: the client reads nothing (a message waited %g s); closing it (4008)",
+            self.sid,
+            SEND_TIMEOUT_S,
+        )
+        self.gw.metrics.rejections.labels("slow_consumer").inc()
+        self.open = False
+        self.outbox.clear()
+        await self._close_socket(SLOW_CONSUMER, "slow_consumer")
 
     async def cancel_turn(self, turn: str, reason: str) -> None:
         """Drop the turn's audio and tell the client once; record it on EVENTS for resume."""
@@ -353,22 +488,26 @@ class Session:
             chunk = decode(raw.headers, raw.data)
             if not isinstance(chunk, AudioChunk):
                 return
+            key, size = (chunk.seq, chunk.chunk, chunk.last), len(chunk.pcm)
             if self.sent_before is not None:
-                self.sent_before.note(chunk.turn, chunk.seq, chunk.chunk, chunk.last, stream_id)
-            key = (chunk.seq, chunk.chunk, chunk.last)
-            for ready_id, ready in self.order.add(chunk.turn, *key, (stream_id, chunk)):
+                self.sent_before.note(chunk.turn, *key, stream_id, size)
+            released = self.order.add(chunk.turn, *key, (stream_id, chunk), size)
+            for n, (ready_id, ready) in enumerate(released):
                 if self.sent_before is None or not self.sent_before.has(ready_id):
                     # Released first, so it is this message: its trace is the turn's.
                     first = ready_id == stream_id and chunk.seq == chunk.chunk == 0
-                    with self._reply_span(raw if first else None, chunk.turn):
-                        await self.send_audio(ready_id, ready)
-            self._ended_if_complete(chunk.turn)
+                    with self._reply_span(raw if first else None, ready.turn):
+                        await self.send_audio(ready_id, ready, force=n > 0)
+            for turn in {chunk.turn, *(ready.turn for _, ready in released)}:
+                self._ended_if_complete(turn)  # (another turn's, when it skipped a gap)
         except Exception:
             log.exception("session %s: audio %s", self.sid, stream_id)
 
-    async def send_audio(self, stream_id: int, chunk: AudioChunk) -> None:
+    async def send_audio(self, stream_id: int, chunk: AudioChunk, *, force: bool = False) -> None:
         async with self.send_lock:
-            await self._write(protocol.audio_header(stream_id, chunk), chunk.pcm)
+            header = protocol.audio_header(stream_id, chunk)
+            if not self._queue(header, chunk.pcm, force=force):
+                return
         self.gw.metrics.audio_chunks_out.inc()
         self.turns.audio_sent(chunk.turn, asyncio.get_running_loop().time())
 
@@ -397,21 +536,34 @@ class Session:
 
     async def send(self, obj: dict[str, Any]) -> None:
         async with self.send_lock:
-            await self._write(obj)
+            self._queue(obj)
 
-    async def _write(self, obj: dict[str, Any], pcm: bytes | None = None) -> None:
+    def _queue(self, obj: dict[str, Any], pcm: bytes | None = None, *, force: bool = False) -> bool:
+        """Hand a message to the writer; False when the session sends no more (closed,
+        or the client too slow for it: then this closes it). ``force``: ``Outbox.put``."""
         if not self.open:
-            return
-        try:
-            await asyncio.wait_for(self._send(obj, pcm), SEND_TIMEOUT_S)
-        except TimeoutError:
-            log.info("session %s: the client reads nothing; sending stops", self.sid)
-            self.open = False
-        except Exception as exc:  # the client went away mid-send
-            log.debug("session %s: send failed: %s", self.sid, exc)
-            self.open = False
+            return False
+        if self.outbox.put(json.dumps(obj, separators=(",", ":")), pcm, force=force):
+            return True
+        self._overflowed()
+        return False
 
-    async def _send(self, obj: dict[str, Any], pcm: bytes | None) -> None:
-        await self.ws.send_text(json.dumps(obj, separators=(",", ":")))
+    async def _drain(self) -> None:
+        """The session's one writer: the outbox to the socket, oldest first."""
+        while (item := await self.outbox.get()) is not None:
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_S):  # not wait_for: on 3.11 it can
+                    await self._send(*item)  # swallow a cancel that comes as the send ends
+            except TimeoutError:
+                if not self.outbox.ended:  # else it is closing anyway, with its own code
+                    await self._stalled()
+                return
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:  # the client left
+                log.debug("session %s: send failed: %r", self.sid, exc)
+                self.open = False
+                return
+
+    async def _send(self, text: str, pcm: bytes | None) -> None:
+        await self.ws.send_text(text)
         if pcm is not None:
             await self.ws.send_bytes(pcm)
