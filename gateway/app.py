@@ -163,11 +163,11 @@ def create_app(settings: Settings) -> FastAPI:
             await websocket.accept(subprotocol=auth.subprotocol(websocket))
             session = Session(gw, websocket, caller.client, caller.user)
             # Revoking the key closes the session through its own close path.
-            with gw.open_sessions.hold(caller.key, session._close):
+            with gw.open_sessions.hold(caller.key, session.close):
                 if caller.key is None or gw.keys.valid(caller.key):
                     await session.run()
                 else:  # revoked while the socket opened
-                    await session._close(REVOKED_CLOSE, "key_revoked")
+                    await session.close(REVOKED_CLOSE, "key_revoked")
         finally:
             gw.quota.close_session(caller.client)
 

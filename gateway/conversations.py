@@ -30,7 +30,7 @@ from gateway import auth
 from gateway.errors import error_response
 from gateway.state import Gateway
 from gateway.stores import NoHistory
-from schemas import Forget, Unavailable
+from schemas import BadInput, Forget, Unavailable
 from store import recall
 from streams import bus, definitions
 
@@ -133,6 +133,8 @@ async def _guarded(gw: Gateway, answer: Any) -> Response:
         return response
     except NoHistory:
         return error_response(503, "no_history", "this Morgan keeps no history (no database)")
+    except BadInput as exc:  # a value the database refuses (the routes' checks come first)
+        return error_response(422, "bad_request", str(exc))
     except Unavailable as exc:
         return error_response(503, "unavailable", str(exc), headers=retry)
     except (NatsError, TimeoutError) as exc:

@@ -202,7 +202,7 @@ class Session:
                     async with asyncio.timeout(wait):
                         message = await self.ws.receive()
                 except TimeoutError:
-                    await self._close(POLICY_VIOLATION, "no session.start in time")
+                    await self.close(POLICY_VIOLATION, "no session.start in time")
                     break
                 if message["type"] == "websocket.disconnect":
                     break
@@ -358,9 +358,9 @@ class Session:
             await bus.publish_core(
                 self.gw.nc, self.gw.subjects.control(self.sid), SessionEnd(self.sid)
             )
-        await self._close(1000, "session ended")
+        await self.close(1000, "session ended")
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str) -> None:
         """Close the socket with ``code`` once what is queued has gone out; what the client
         has not taken after ``SEND_TIMEOUT_S`` is dropped."""
         self.open = False
@@ -392,7 +392,7 @@ class Session:
         self.gw.metrics.rejections.labels("slow_consumer").inc()
         self.open = False
         self.outbox.end()
-        self.closing = asyncio.create_task(self._close(SLOW_CONSUMER, "slow_consumer"))
+        self.closing = asyncio.create_task(self.close(SLOW_CONSUMER, "slow_consumer"))
 
     async def _stalled(self) -> None:
         """The client has not taken one message in ``SEND_TIMEOUT_S``: it reads nothing.

@@ -32,6 +32,11 @@ DEFAULT_RATE = 22050
 """WAV rate of a reply with no audio at all (``sentences == 0``), Hertz."""
 
 
+MAX_REPLY_AUDIO_BYTES = 32 * 1024 * 1024
+"""Most reply audio one ``POST /api/text`` collects (about 12 minutes at 22 kHz): past it
+the reply fails (502 ``reply_failed``) rather than growing the gateway without bound."""
+
+
 class TurnReply:
     """Collects one turn's reply: its text, its audio in order, or why it failed."""
 
@@ -56,6 +61,9 @@ class TurnReply:
             for chunk in self.order.add(msg.turn, msg.seq, msg.chunk, msg.last, msg):
                 if self.first_audio_at is None:
                     self.first_audio_at = asyncio.get_running_loop().time()
+                if len(self.pcm) + len(chunk.pcm) > MAX_REPLY_AUDIO_BYTES:
+                    self.failure, self.outcome = "reply_too_large: audio past the cap", "error"
+                    break
                 self.pcm += chunk.pcm
                 self.rate = chunk.rate
         elif isinstance(msg, ReplyDone):

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audio_order import AlreadySent, AudioOrder
+from gateway.audio_order import MAX_OPEN_TURNS, AlreadySent, AudioOrder
 
 Key = tuple[int, int, bool]
 
@@ -130,3 +130,24 @@ def test_resume_with_no_audio_received_sends_everything() -> None:
 def test_resume_past_aged_out_audio_skips_ids_up_to_the_cursor() -> None:
     tracker = AlreadySent(5, in_stream=False)
     assert tracker.has(5) and tracker.has(1) and not tracker.has(6)
+
+
+def test_audio_waiting_behind_a_missing_sentence_is_bounded_then_released_in_order() -> None:
+    """Sentence 0 never comes: past the limit the turn gives up its gap and goes on from
+    the earliest chunk that came, in order, instead of holding audio for ever."""
+    order: AudioOrder[str] = AudioOrder(limit=3)
+    assert order.add("t", 1, 0, True, "a", size=1) == []
+    assert order.add("t", 2, 0, True, "b", size=1) == []
+    assert order.add("t", 3, 0, True, "c", size=1) == []
+    assert order.add("t", 4, 0, True, "d", size=1) == ["a", "b", "c", "d"]
+    assert order.skipped == 1 and order.buffered == 0
+    assert order.add("t", 5, 0, True, "e") == ["e"]
+
+
+def test_at_most_max_open_turns_are_kept_and_the_oldest_is_forgotten() -> None:
+    order: AudioOrder[str] = AudioOrder()
+    for i in range(MAX_OPEN_TURNS + 1):
+        order.add(f"t{i}", 1, 0, True, "waiting")  # seq 0 missing: each turn stays open
+    assert len(order.turns) == MAX_OPEN_TURNS
+    assert "t0" not in order.turns
+    assert order.add("t0", 0, 0, True, "late") == []  # a forgotten turn takes nothing more
