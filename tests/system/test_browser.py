@@ -222,7 +222,9 @@ def test_a_person_finds_reads_continues_and_forgets_a_conversation(
     wait_until(lambda: texts(browser, "#log .user") == [question], 30)
     wait_until(lambda: texts(browser, "#log .bot") == [said_back], REPLY_S)
 
-    # Later, a new page (a new session); the list there opens the conversation.
+    # Later, a new page (a new session); the list there opens the conversation. (Through
+    # a blank page: the same URL with the same fragment would not load the page again.)
+    browser.get("about:blank")
     browser.get(page_url(morgan))
     wait_until(lambda: browser.find_element(By.ID, "talk").is_enabled(), 30)
     assert browser.execute_script("return state.sessionId") not in (None, sid)
