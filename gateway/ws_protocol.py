@@ -46,6 +46,10 @@ class ClosingAwareWebSocket(WebSocketsSansIOProtocol):
             self._close_stalled(message.get("code", 1000), message.get("reason") or "")
             return
         await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # The handshake ended in the gateway's refusal (401, 403, 429, 503): answered,
+            # not failed; uvicorn would log an ERROR for every refused client.
+            self.handshake_complete = True
         if message["type"] == "websocket.close" and self.close_timer is not None:
             self.close_timer.cancel()  # uvicorn's timer only closes, which waits for a drain
             self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)

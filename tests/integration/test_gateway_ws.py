@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import httpx
 import pytest
@@ -363,15 +364,18 @@ def keyed(settings: Settings) -> Settings:
 
 
 async def test_websocket_without_a_valid_api_key_is_refused_with_401(
-    keyed: Settings, js: JetStreamContext
+    keyed: Settings, js: JetStreamContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     srv = await start(keyed)
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
     try:
         wrong = [Subprotocol("morgan.v1"), Subprotocol("morgan.key.wrong")]
         for headers, offered in [({}, None), ({}, wrong), ({"Authorization": "Bearer nope"}, None)]:
             with pytest.raises(InvalidStatus) as info:
                 await connect(srv.ws_url, additional_headers=headers, subprotocols=offered)
             assert info.value.response.status_code == 401
+        # a refusal is an answer, not a failure: nothing at ERROR for careless clients
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         offered = [Subprotocol("morgan.v1"), Subprotocol("morgan.key.s3cret")]
         by_subprotocol = await open_client(srv, subprotocols=offered)
         await by_subprotocol.start()
