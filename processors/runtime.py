@@ -105,6 +105,7 @@ class Worker:
             if self.router is None:
                 self.router = TierRouter(nc, js, self.settings)
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)
+            await nc.flush()  # the server has the subscription before the worker says ready
             await stack.enter_async_context(
                 announced(nc, self.spec, self.settings, self.tiers, self.state, self._status)
             )

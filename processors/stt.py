@@ -10,7 +10,9 @@ redelivered utterance publishes nothing new (JetStream dedup window).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,11 @@ class SttModel:
     compute_type: str
     language: str | None
     """``en`` for English-only models, None (detect) for multilingual ones."""
+    window_s: float
+    """``settings.stt_window_s``: seconds of audio the encoder sees for an utterance of at
+    most half of it (padded with silence); longer ones get Whisper's own 30 s."""
+    beam_size: int
+    """``settings.stt_beam_size``: Whisper's beam; 1: greedy."""
 
 
 def cpu_threads() -> int:
@@ -59,7 +66,9 @@ def open_model(settings: Settings, gpu: bool) -> SttModel:
     )
     english_only = not whisper.model.is_multilingual
     name = settings.stt_model or "tiny.en"
-    model = SttModel(whisper, name, device, compute_type, "en" if english_only else None)
+    language = "en" if english_only else None
+    window, beam = settings.stt_window_s, settings.stt_beam_size
+    model = SttModel(whisper, name, device, compute_type, language, window, beam)
     transcribe(model, bytes(RATE))  # warm up: the first real utterance is not slower
     return model
 
@@ -89,15 +98,63 @@ def transcribe(model: SttModel, pcm: bytes) -> str:
     if not pcm:
         return ""
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    short = model.window_s < MAX_SECONDS and len(audio) <= model.window_s * RATE / 2
+    if short and model.language:  # multilingual models detect on the 30 s way
+        text, sure = short_window(model, audio)
+        if sure:
+            return text
     segments, _info = model.whisper.transcribe(
         audio,
         language=model.language,
-        beam_size=1,
+        beam_size=model.beam_size,
         without_timestamps=True,
         condition_on_previous_text=False,
         vad_filter=False,
     )
     return "".join(segment.text for segment in segments).strip()
+
+
+@functools.cache
+def decoding(whisper: Any, language: str) -> tuple[Any, list[int], list[int]]:
+    """(tokenizer, prompt without timestamps, suppressed tokens) as faster-whisper makes them."""
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    tokenizer = Tokenizer(
+        whisper.hf_tokenizer, whisper.model.is_multilingual, "transcribe", language
+    )
+    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    return tokenizer, prompt, list(get_suppressed_tokens(tokenizer, (-1,)) or [])
+
+
+def short_window(model: SttModel, audio: np.ndarray) -> tuple[str, bool]:
+    """(text, sure): ``audio`` padded with silence to ``window_s``, decoded.
+
+    Whisper was trained on audio padded with silence (faster-whisper pads the features with
+    zeros instead). Not sure (maybe no speech, a repetition loop): the caller decodes the
+    30 s way, which drops silence that the short window hears as "you".
+    """
+    assert model.language is not None
+    tokenizer, prompt, suppress = decoding(model.whisper, model.language)
+    samples = int(model.window_s * RATE)
+    extractor = model.whisper.feature_extractor
+    features = extractor(np.pad(audio, (0, samples - len(audio))))[
+        :, : samples // extractor.hop_length
+    ]
+    cap = 16 + int(10 * len(audio) / RATE)  # tokens: far above speech's 3-5 a second
+    [result] = model.whisper.model.generate(
+        model.whisper.encode(features),
+        [prompt],
+        beam_size=model.beam_size,
+        max_length=len(prompt) + cap,
+        return_no_speech_prob=True,
+        suppress_tokens=suppress,
+    )
+    tokens = result.sequences_ids[0]
+    text = str(tokenizer.decode(tokens)).strip()
+    raw = text.encode()
+    looping = len(tokens) >= cap or len(raw) > 2.4 * len(zlib.compress(raw))
+    return text, not looping and result.no_speech_prob <= 0.6
 
 
 async def handle(msg: Message, ctx: Context) -> None:

