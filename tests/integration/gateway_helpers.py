@@ -4,16 +4,18 @@ gateway's integration tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.server import RunningGateway, start
-from schemas import AudioChunk, Message, Subjects
+from schemas import AudioChunk, LlmRequest, Message, ReplyDone, Subjects, decode
 from streams import bus
 from streams.settings import Settings
 
@@ -74,3 +76,19 @@ async def serving(settings: Settings, **update: Any) -> AsyncIterator[RunningGat
         yield srv
     finally:
         await srv.stop()
+
+
+async def answer_llm(js: JetStreamContext) -> None:
+    """Be the LLM: answer each typed turn at once with an empty reply (until cancelled)."""
+    sub = await js.pull_subscribe_bind("llm", stream="WORK")
+    try:
+        while True:
+            with contextlib.suppress(NatsTimeoutError):
+                for raw in await sub.fetch(1, timeout=1.0):
+                    request = decode(raw.headers, raw.data)
+                    if isinstance(request, LlmRequest):
+                        done = ReplyDone(request.sid, request.turn, "", 0)
+                        await bus.publish(js, Subjects().events(request.sid, done.TYPE), done)
+                    await raw.ack()
+    finally:
+        await sub.unsubscribe()

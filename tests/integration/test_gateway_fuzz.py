@@ -54,9 +54,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from gateway.server import RunningGateway
-from schemas import LlmRequest, ReplyDone, Subjects, Transcript, decode
-from streams import bus
-from tests.integration.gateway_helpers import emit
+from schemas import Transcript
+from tests.integration.gateway_helpers import answer_llm, emit
 
 TIMEOUT = 5.0
 """Seconds any one answer may take; the gateway answers in milliseconds."""
@@ -545,25 +544,9 @@ async def _take_claims(js: JetStreamContext) -> None:
         await sub.unsubscribe()
 
 
-async def _answer_llm(js: JetStreamContext) -> None:
-    """Be the LLM: answer each typed turn at once with an empty reply."""
-    sub = await js.pull_subscribe_bind("llm", stream="WORK")
-    try:
-        while True:
-            with contextlib.suppress(NatsTimeoutError):
-                for raw in await sub.fetch(1, timeout=1.0):
-                    request = decode(raw.headers, raw.data)
-                    if isinstance(request, LlmRequest):
-                        done = ReplyDone(request.sid, request.turn, "", 0)
-                        await bus.publish(js, Subjects().events(request.sid, done.TYPE), done)
-                    await raw.ack()
-    finally:
-        await sub.unsubscribe()
-
-
 @pytest_asyncio.fixture
 async def rig(gateway: RunningGateway, js: JetStreamContext) -> AsyncIterator[Rig]:
-    workers = [asyncio.create_task(_take_claims(js)), asyncio.create_task(_answer_llm(js))]
+    workers = [asyncio.create_task(_take_claims(js)), asyncio.create_task(answer_llm(js))]
     logs = LogWatch()  # after the gateway started: uvicorn's dictConfig resets its loggers
     for name in LogWatch.LOGGERS:
         logging.getLogger(name).addHandler(logs)

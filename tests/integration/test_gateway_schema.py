@@ -46,7 +46,6 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -56,11 +55,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from websockets.asyncio.client import connect
 
 from gateway.server import RunningGateway
-from schemas import LlmRequest, ReplyDone, Subjects, decode
 from store.history import History
-from streams import bus
 from streams.settings import Settings
-from tests.integration.gateway_helpers import Client, serving
+from tests.integration.gateway_helpers import Client, answer_llm, serving
 
 KEY = "alice-schema-fuzz-key-0123456789"
 EXAMPLES = 50
@@ -108,22 +105,6 @@ def log_watch() -> Iterator[LogWatch]:
     finally:
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(watch)
-
-
-async def answer_llm(js: JetStreamContext) -> None:
-    """Be the LLM: answer each typed turn at once with an empty reply."""
-    sub = await js.pull_subscribe_bind("llm", stream="WORK")
-    try:
-        while True:
-            with contextlib.suppress(NatsTimeoutError):
-                for raw in await sub.fetch(1, timeout=1.0):
-                    request = decode(raw.headers, raw.data)
-                    if isinstance(request, LlmRequest):
-                        done = ReplyDone(request.sid, request.turn, "", 0)
-                        await bus.publish(js, Subjects().events(request.sid, done.TYPE), done)
-                    await raw.ack()
-    finally:
-        await sub.unsubscribe()
 
 
 @pytest_asyncio.fixture
