@@ -68,6 +68,18 @@ def _kinds(settings: Settings) -> list[Spec]:
     return specs
 
 
+def _speed(settings: Settings) -> None:
+    """Which latency features are on (docs/benchmarks.md measures each)."""
+    window = settings.stt_window_s
+    print("speed")
+    print(
+        f"  stt window   {'off (30 s)' if window >= 30 else f'{window:g} s'}"
+        f", beam {settings.stt_beam_size}"
+    )
+    print(f"  end of turn  silence {settings.vad_silence_ms} ms (the turn model is not wired yet)")
+    print("  speculation  off (not built yet: docs/design.md, 'Speculative turns')")
+
+
 def _routes(settings: Settings) -> None:
     print("routes (sender: message type -> kind; MORGAN_ROUTES overrides)")
     for sender, message_type, kind in Routes.parse(settings.routes).table():
@@ -204,10 +216,12 @@ async def report(settings: Settings) -> int:
         print(f"  llm          openai-compatible {settings.llm_url} model={settings.llm_model}")
     else:
         print(f"  llm          {settings.llm_model or _check(models.smollm2_gguf_path)}")
+    _speed(settings)
     specs = _kinds(settings)
     _routes(settings)
     ok = await _stores(settings)
     print("nats")
+    print(f"  role         {bus.role_of(settings) or 'none (no credentials)'}")
     try:
         nc = await bus.connect(settings, "morgan-doctor", connect_timeout=2.0, keep_trying=False)
     except Exception as exc:

@@ -59,6 +59,10 @@ async def test_doctor_reports_tiers_models_streams_and_routing(
     assert "  redis        not configured: no L2 context cache" in out
     qdrant = settings.data_dir / "qdrant"
     assert f"  qdrant       not configured: morgan up uses local mode in {qdrant} (not" in out
+    # which latency features are on, and as whom it talks to NATS
+    assert "  stt window   15 s, beam 5\n" in out
+    assert "  speculation  off" in out
+    assert "  role         none (no credentials)" in out
 
 
 async def test_doctor_lists_each_kind_declaration_and_the_route_table(
