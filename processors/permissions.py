@@ -43,6 +43,7 @@ from streams.nats_auth import (
     consumer,
     create_streams,
     ensure_seeds,
+    inbox,
     kv_read,
     kv_write,
     public_key,
@@ -187,7 +188,8 @@ def operator(settings: Settings) -> Permissions:
             f"{API}.CONSUMER.LIST.*",
             f"{API}.CONSUMER.INFO.*.*",
         ],
-        subscribe=[f"{settings.prefix}.>", "_INBOX.>", f"_INBOX_{OPERATOR}.>"],
+        # the nats CLI's own inbox, and Morgan's tools' as the operator
+        subscribe=[f"{settings.prefix}.>", f"{inbox('')}.>", f"{inbox(OPERATOR)}.>"],
     )
 
 

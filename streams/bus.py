@@ -78,8 +78,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 def inbox_prefix(settings: Settings) -> str:
     """Reply subjects of this connection: ``_INBOX_<role>`` for an authenticated role, so
     the server can let each role read only its own replies (streams.nats_auth)."""
-    role = role_of(settings)
-    return f"_INBOX_{role}" if role else "_INBOX"
+    return nats_auth.inbox(role_of(settings))
 
 
 def role_of(settings: Settings) -> str:

@@ -52,9 +52,14 @@ def allow(publish: Iterable[str] = (), subscribe: Iterable[str] = ()) -> Permiss
     return Permissions(frozenset(publish), frozenset(subscribe))
 
 
+def inbox(role: str) -> str:
+    """The reply-subject prefix of a role's connections (``_INBOX`` without a role)."""
+    return f"_INBOX_{role}" if role else "_INBOX"
+
+
 def replies(role: str) -> Permissions:
     """The role's own inbox: JetStream acks, request replies, ordered consumers' pushes."""
-    return allow(subscribe=[f"_INBOX_{role}.>"])
+    return allow(subscribe=[f"{inbox(role)}.>"])
 
 
 def stream_info(stream: str) -> Permissions:

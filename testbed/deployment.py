@@ -135,7 +135,8 @@ class Deployment:
         if not auth.exists():
             auth.write_text(self.credentials()[1])
         argv += ["--auth", str(auth)]
-        tls, files = self.tls(), certs.leaf_files(self.tls(), host.name)
+        tls = self.tls()
+        files = certs.leaf_files(tls, host.name)
         argv += ["--tls-cert", str(files.cert), "--tls-key", str(files.key)]
         argv += ["--tls-ca", str(certs.ca_files(tls).cert)]
         env = {"MORGAN_DATA_DIR": str(host.workdir / "data")}
