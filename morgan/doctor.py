@@ -77,7 +77,15 @@ def _speed(settings: Settings) -> None:
         f", beam {settings.stt_beam_size}"
     )
     print(f"  end of turn  silence {settings.vad_silence_ms} ms (the turn model is not wired yet)")
-    print("  speculation  off (not built yet: docs/design.md, 'Speculative turns')")
+    ms = settings.vad_speculate_ms
+    print(
+        "  speculation  "
+        + (
+            f"on: at a {ms} ms pause (MORGAN_VAD_SPECULATE_MS)"
+            if ms
+            else "off (MORGAN_VAD_SPECULATE_MS=0)"
+        )
+    )
 
 
 def _routes(settings: Settings) -> None:

@@ -8,9 +8,10 @@ A handler publishes only what its kind declares (``Spec.publishes``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,8 +20,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from processors.speculation import Hold, Speculations
 from schemas import AudioChunk, Cancel, Message, MorganError, SessionEnd, Subjects
-from schemas.codec import USER_HEADER, WORKER_HEADER
+from schemas.codec import SPECULATIVE_HEADER, USER_HEADER, WORKER_HEADER
 from streams import bus, definitions
 from streams.routes import Routes
 from streams.settings import Settings
@@ -70,7 +72,21 @@ class Context(Protocol):
         the first time)."""
         ...
 
-    def cancelled(self, sid: str, turn: str) -> bool: ...
+    def cancelled(self, sid: str, turn: str) -> bool:
+        """The turn was cancelled (barge-in, the client), or this message's speculation
+        was abandoned: stop working on it."""
+        ...
+
+    async def settled(self) -> bool:
+        """For a speculative turn's message, wait for the VAD's verdict: True when the
+        turn is confirmed, False when abandoned (keep no state of it). True at once for
+        any other message."""
+        ...
+
+    def speculative(self, attempt: str) -> Context:
+        """This context with what it forwards marked as speculation ``attempt`` (the
+        VAD's utterance at a pause: processors.speculation)."""
+        ...
 
     def session_ended(self, sid: str) -> bool: ...
 
@@ -113,8 +129,12 @@ class Signals:
     cancelled: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
     ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+    speculations: Speculations | None = None
+    """Speculative turns' verdicts and holds (the runtime's; None: no speculation)."""
 
     def note(self, msg: Message) -> None:
+        if self.speculations is not None:
+            self.speculations.note(msg)
         if isinstance(msg, Cancel):
             _remember(self.cancelled, (msg.sid, msg.turn))
         elif isinstance(msg, SessionEnd):
@@ -177,6 +197,10 @@ class BusContext:
     user (``Morgan-User``) and this worker (``Morgan-Worker``)."""
     live: Callable[[], Settings] | None = None
     """The worker's settings now (live config); ``settings`` is the message-start snapshot."""
+    hold: Hold | None = None
+    """Where client-facing output waits while the message's turn is speculative."""
+    speculating: str = ""
+    """The speculation what this context forwards belongs to ("" = a confirmed turn)."""
 
     def current_settings(self) -> Settings:
         return self.settings if self.live is None else self.live()
@@ -203,7 +227,18 @@ class BusContext:
         return Subjects(self.settings.prefix)
 
     def cancelled(self, sid: str, turn: str) -> bool:
-        return (sid, turn) in self.signals.cancelled
+        return (sid, turn) in self.signals.cancelled or (
+            self.hold is not None and self.hold.dropped
+        )
+
+    async def settled(self) -> bool:
+        if self.hold is None or self.signals.speculations is None:
+            return True
+        return await self.signals.speculations.settle(self.hold)
+
+    def speculative(self, attempt: str) -> BusContext:
+        carried = self.carried | {SPECULATIVE_HEADER: attempt}
+        return dataclasses.replace(self, speculating=attempt, carried=carried)
 
     def session_ended(self, sid: str) -> bool:
         return sid in self.signals.ended
@@ -216,25 +251,40 @@ class BusContext:
         if not isinstance(msg, self.publishes):
             raise undeclared(self.kind, msg)
 
+    async def to_client(self, publish: Callable[[], Awaitable[object]]) -> None:
+        """Publish now, or when the speculative turn is confirmed (never if abandoned)."""
+        if self.hold is None:
+            await publish()
+        else:
+            await self.hold.send(publish)
+
     async def emit(
         self, event: Message, *, msg_id: str, trace: dict[str, str] | None = None
     ) -> None:
         self._declared(event)
         sid = getattr(event, "sid")  # noqa: B009 - every event has a sid
         subject = self.subjects.events(sid, event.TYPE)
-        await bus.publish(self.js, subject, event, msg_id=msg_id, headers=self._headers(trace))
+        headers = self._headers(trace)
+        await self.to_client(
+            lambda: bus.publish(self.js, subject, event, msg_id=msg_id, headers=headers)
+        )
 
     async def forward(
         self, work: Message, *, msg_id: str, trace: dict[str, str] | None = None
     ) -> None:
         self._declared(work)
         subject = await self.onward.subject(self.subjects, self.kind, work.TYPE)
+        if self.speculating:  # its own queue, and its own id: each attempt is new work
+            subject, msg_id = self.subjects.speculative(subject), f"{msg_id}~{self.speculating}"
         await bus.publish(self.js, subject, work, msg_id=msg_id, headers=self._headers(trace))
 
     async def send_audio(self, chunk: AudioChunk, *, msg_id: str) -> None:
         self._declared(chunk)
         subject = self.subjects.audio_out(chunk.sid)
-        await bus.publish(self.js, subject, chunk, msg_id=msg_id, headers=self._headers())
+        headers = self._headers()
+        await self.to_client(
+            lambda: bus.publish(self.js, subject, chunk, msg_id=msg_id, headers=headers)
+        )
 
     async def control(self, msg: Message) -> None:
         self._declared(msg)

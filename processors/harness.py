@@ -13,6 +13,7 @@ compare-and-set semantics of NATS KV that handlers rely on.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,10 @@ class MemoryContext:
     """What ``ask(kind, endpoint, ...)`` answers: a kind's endpoint handler (over its
     state), or a function of the test's; a missing one is ``Unavailable``, as when no
     worker of that kind runs."""
+    confirmed: bool = True
+    """What ``settled()`` answers: False plays a speculation that was abandoned."""
+    speculating: str = ""
+    """Set by ``speculative(attempt)``: forwarded work's ids end in ``~<attempt>``."""
 
     @classmethod
     def of(
@@ -116,7 +121,13 @@ class MemoryContext:
         return self.settings
 
     def cancelled(self, sid: str, turn: str) -> bool:
-        return (sid, turn) in self.cancelled_turns
+        return (sid, turn) in self.cancelled_turns or not self.confirmed
+
+    async def settled(self) -> bool:
+        return self.confirmed
+
+    def speculative(self, attempt: str) -> MemoryContext:
+        return dataclasses.replace(self, speculating=attempt)  # the same lists: one record
 
     def session_ended(self, sid: str) -> bool:
         return sid in self.ended_sessions
@@ -139,7 +150,7 @@ class MemoryContext:
     async def forward(
         self, work: Message, *, msg_id: str, trace: dict[str, str] | None = None
     ) -> None:
-        self._declared(work, msg_id)
+        self._declared(work, f"{msg_id}~{self.speculating}" if self.speculating else msg_id)
         self.forwarded.append((self.routes.next_kind(self.spec.kind, work.TYPE), work))
 
     async def send_audio(self, chunk: AudioChunk, *, msg_id: str) -> None:

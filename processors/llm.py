@@ -213,14 +213,16 @@ async def handle(msg: Message, ctx: Context) -> None:
         said = " ".join(p.strip() for p in spoken)
         event = ReplyCancelled(sid, turn, spoken=said)
         await ctx.emit(event, msg_id=f"{sid}.{turn}.cancelled")
-        await state.context.add(sid, ctx.user, Exchange(turn, asked, said, time.time(), True))
+        if await ctx.settled():  # an abandoned speculation leaves no trace
+            await state.context.add(sid, ctx.user, Exchange(turn, asked, said, time.time(), True))
         return
     await speak(splitter.flush())
     text = "".join(reply)
     llm_ms = (time.perf_counter() - received) * 1000.0
     done = ReplyDone(sid, turn, text, len(spoken), llm_ms=llm_ms, first_ms=first_ms, asked=asked)
     await ctx.emit(done, msg_id=f"{sid}.{turn}.done")
-    await state.context.add(sid, ctx.user, Exchange(turn, asked, text.strip(), time.time()))
+    if await ctx.settled():
+        await state.context.add(sid, ctx.user, Exchange(turn, asked, text.strip(), time.time()))
 
 
 SPEC = Spec(

@@ -70,6 +70,16 @@ MODEL_LOAD = Gauge(
 SESSIONS = Gauge(
     "morgan_processor_sessions_held", "Sessions this worker owns (session-claim kinds)", ["kind"]
 )
+SPECULATED = Counter(
+    "morgan_speculation_messages",
+    "Messages of speculative turns handled: used (the turn was confirmed) or wasted",
+    ["kind", "outcome"],
+)
+SPECULATED_SECONDS = Counter(
+    "morgan_speculation_seconds",
+    "Handling time spent on speculative turns: used or wasted (speech went on)",
+    ["kind", "outcome"],
+)
 
 
 def _tier(tier: str | None) -> str:
@@ -130,6 +140,12 @@ def in_flight(kind: str) -> Iterator[None]:
 def model_loaded(kind: str, seconds: float) -> None:
     """The kind's model took ``seconds`` to load (the last load is kept)."""
     MODEL_LOAD.labels(kind).set(seconds)
+
+
+def speculated(kind: str, outcome: str, seconds: float) -> None:
+    """A speculative turn's message took ``seconds``; ``outcome``: ``used`` or ``wasted``."""
+    SPECULATED.labels(kind, outcome).inc()
+    SPECULATED_SECONDS.labels(kind, outcome).inc(max(0.0, seconds))
 
 
 def sessions_held(kind: str, count: int) -> None:

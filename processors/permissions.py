@@ -16,15 +16,18 @@ from pathlib import Path
 from processors import registry
 from processors.spec import EventTap, SessionClaims, Spec
 from schemas import (
+    Abandon,
     AudioChunk,
     Cancel,
     ErrorEvent,
     Forget,
     LlmRequest,
     Message,
+    Release,
     ReplyCancelled,
     SessionClaim,
     SessionEnd,
+    SpeechStopped,
     Transcript,
 )
 from schemas.subjects import TIERS, Subjects
@@ -54,7 +57,7 @@ from streams.nats_auth import (
 )
 from streams.settings import Settings
 
-CONTROL_TYPES: tuple[type[Message], ...] = (Cancel, SessionEnd, Forget)
+CONTROL_TYPES: tuple[type[Message], ...] = (Cancel, SessionEnd, Forget, Release, Abandon)
 
 
 def roles(settings: Settings, specs: Iterable[Spec]) -> list[Role]:
@@ -90,7 +93,9 @@ def _common(settings: Settings, role: str) -> Permissions:
 
 
 def _work_subjects(s: Subjects, spec: Spec) -> list[str]:
-    return [s.work(spec.kind, t) for t in TIERS] if spec.tiered else [s.work(spec.kind)]
+    """The kind's work subjects, and their speculative twins for a work kind."""
+    plain = [s.work(spec.kind, t) for t in TIERS] if spec.tiered else [s.work(spec.kind)]
+    return plain + ([s.speculative(w) for w in plain] if spec.feeds == "work" else [])
 
 
 def _work_to(settings: Settings, sent: Iterable[type[Message]], specs: list[Spec]) -> Permissions:
@@ -135,6 +140,9 @@ def kind(settings: Settings, spec: Spec, specs: list[Spec]) -> Permissions:
         perms |= allow(publish=[f"{s.prefix}.audio.out.*"])
     if any(t in spec.publishes for t in CONTROL_TYPES):
         perms |= allow(publish=[s.control()])
+    if spec.feeds == "work":  # speculative turns: say a held output is out, or ask EVENTS
+        stopped = f"{s.prefix}.events.*.{SpeechStopped.TYPE}"
+        perms |= allow(publish=[s.control(), f"{API}.DIRECT.GET.{EVENTS}.{stopped}"])
     perms |= _work_to(settings, spec.publishes, specs)
     for bucket, mode in spec.buckets.items():
         perms |= kv_write(bucket) if mode == "write" else kv_read(bucket)

@@ -25,24 +25,34 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.micro.request import Request
 
 from processors import claims, metrics, registry
 from processors.announce import announced
 from processors.context import BusContext, Onward, Router, Signals
 from processors.routing import TierRouter, rescue_stranded
-from processors.spec import SessionClaims, Spec
+from processors.spec import SPECULATIVE, SessionClaims, Spec
+from processors.speculation import Hold, Speculations, Verdict
 from schemas import (
     ErrorEvent,
     Handoff,
     MessageError,
     MorganError,
+    Release,
     SessionClaim,
+    SpeechStopped,
     Subjects,
     Superseded,
     decode,
 )
-from schemas.codec import SESSION_HEADER, TURN_HEADER, USER_HEADER, WORKER_HEADER
+from schemas.codec import (
+    SESSION_HEADER,
+    SPECULATIVE_HEADER,
+    TURN_HEADER,
+    USER_HEADER,
+    WORKER_HEADER,
+)
 from streams import bus, definitions, logs, tracing
 from streams.config_source import ConfigSource
 from streams.definitions import Consumer
@@ -76,6 +86,9 @@ class Worker:
     sessions: int = 0
     """Sessions held now (a claim kind)."""
     router: Router | None = None
+    working: int = 0
+    """Confirmed turns' messages in hand; speculative work is pulled only at 0."""
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         kind = self.spec.kind
@@ -104,6 +117,10 @@ class Worker:
             )
             if self.router is None:
                 self.router = TierRouter(nc, js, self.settings)
+            self.signals.speculations = Speculations(
+                kind, lambda msg: self._release(nc, msg), lambda *key: self._verdict(js, *key)
+            )
+            self.idle.set()
             await nc.subscribe(self.settings.prefix + ".control.*", cb=self._on_control)
             await nc.flush()  # the server has the subscription before the worker says ready
             await stack.enter_async_context(
@@ -111,7 +128,11 @@ class Worker:
             )
             slots = asyncio.Semaphore(self.spec.concurrency)
             pullers = [
-                asyncio.create_task(self._pull(nc, js, consumer, tier, slots, stop))
+                asyncio.create_task(
+                    self._pull_speculative(nc, js, consumer, tier, stop)
+                    if consumer.feeds == SPECULATIVE
+                    else self._pull(nc, js, consumer, tier, slots, stop)
+                )
                 for tier, consumer in consumers
             ]
             if self.spec.tiered and "gpu" not in self.tiers and isinstance(self.router, TierRouter):
@@ -204,8 +225,62 @@ class Worker:
             with contextlib.suppress(NatsError, TimeoutError):
                 await sub.unsubscribe()
 
+    async def _pull_speculative(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        consumer: Consumer,
+        tier: str | None,
+        stop: asyncio.Event,
+    ) -> None:
+        """Speculative turns' work, one message at a time, only while no confirmed work is
+        in hand: a busy worker leaves it to idle ones (its slots are not used)."""
+        sub = await js.pull_subscribe_bind(consumer.durable, stream=consumer.stream)
+        try:
+            while not stop.is_set():
+                await self.idle.wait()
+                try:
+                    msgs = await sub.fetch(1, timeout=1.0)
+                except FETCH_ERRORS:
+                    if nc.is_closed:
+                        return
+                    continue
+                task = asyncio.create_task(self._handle(nc, js, msgs[0], tier))
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+                await asyncio.wait([task])
+        finally:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await sub.unsubscribe()
+
+    async def _release(self, nc: Client, msg: Release) -> None:
+        """Tell every worker this one let a speculative turn's output out."""
+        subject = Subjects(self.settings.prefix).control(msg.sid)
+        with contextlib.suppress(NatsError, TimeoutError):
+            await bus.publish_core(nc, subject, msg)
+
+    async def _verdict(self, js: JetStreamContext, sid: str, turn: str, attempt: str) -> Verdict:
+        """What EVENTS says of a speculation (for a worker that missed the VAD's word): the
+        session's last ``vad.speech_stopped`` names the attempt that ended its turn."""
+        subject = Subjects(self.settings.prefix).events(sid, SpeechStopped.TYPE)
+        try:
+            stored = await js.get_last_msg(definitions.EVENTS, subject, direct=True)
+        except (NotFoundError, NatsError, TimeoutError):
+            return "unknown"
+        headers = stored.headers or {}
+        if headers.get(TURN_HEADER) != turn:
+            return "unknown"
+        return "confirmed" if headers.get(SPECULATIVE_HEADER) == attempt else "abandoned"
+
     def _context(self, nc: Client, js: JetStreamContext, raw: Msg, tier: str | None) -> BusContext:
         onward = Onward(Routes.parse(self.settings.routes), registry.is_tiered, self.router)
+        headers = raw.headers or {}
+        attempt = headers.get(SPECULATIVE_HEADER, "")
+        hold: Hold | None = None
+        if attempt and self.spec.feeds == "work" and self.signals.speculations is not None:
+            key = (headers.get(SESSION_HEADER, ""), headers.get(TURN_HEADER, ""), attempt)
+            upstream = headers.get(WORKER_HEADER, "").partition("@")[0]
+            hold = self.signals.speculations.hold(key, upstream)
         return BusContext(
             kind=self.spec.kind,
             publishes=self.spec.publishes,
@@ -217,14 +292,16 @@ class Worker:
             signals=self.signals,
             onward=onward,
             raw=raw,
-            carried=self._carried(raw),
+            carried=self._carried(raw) | ({SPECULATIVE_HEADER: attempt} if hold else {}),
             live=lambda: self.settings,
+            hold=hold,
+            speculating=attempt if hold is not None else "",
         )
 
     def _carried(self, raw: Msg) -> dict[str, str]:
-        user = (raw.headers or {}).get(USER_HEADER)
+        headers = raw.headers or {}
         worker = {WORKER_HEADER: f"{self.spec.kind}@{platform.node()}:{os.getpid()}"}
-        return worker | ({USER_HEADER: user} if user else {})
+        return worker | {h: headers[h] for h in (USER_HEADER,) if h in headers}
 
     async def _handle(self, nc: Client, js: JetStreamContext, raw: Msg, tier: str | None) -> None:
         kind = self.spec.kind
@@ -237,7 +314,14 @@ class Worker:
         headers = raw.headers or {}
         sid, turn = headers.get(SESSION_HEADER, ""), headers.get(TURN_HEADER, "")
         ids = {"morgan.session": sid, "morgan.turn": turn}
+        confirmed = ctx.hold is None and self.spec.feeds == "work"
+        if confirmed:
+            self.working += 1
+            self.idle.clear()
         try:
+            if ctx.hold is not None and ctx.hold.dropped:
+                await raw.ack()  # its speculation was abandoned before it started
+                return
             with (
                 metrics.in_flight(kind),
                 tracing.span(f"{kind}.handle", raw.headers, **ids) as span,
@@ -253,6 +337,8 @@ class Worker:
                 else:
                     assert self.spec.handle is not None
                     await self.spec.handle(message, ctx)
+                    if ctx.hold is not None and self.signals.speculations is not None:
+                        await self.signals.speculations.finish(ctx.hold)
         except MorganError as error:
             outcome = await self._fail(ctx, raw, error, delivered)
         except Exception as exc:  # a bug in a handler: logged with its traceback, retried
@@ -264,8 +350,16 @@ class Worker:
             self.handled += 1
         finally:
             heartbeat.cancel()
+            seconds = time.perf_counter() - started
             if self.spec.feeds != "claim":  # a claim is held for its session's whole life
-                metrics.handled(kind, tier, outcome, time.perf_counter() - started)
+                metrics.handled(kind, tier, outcome, seconds)
+            if ctx.hold is not None and self.signals.speculations is not None:
+                self.signals.speculations.forget(ctx.hold)
+                metrics.speculated(kind, "wasted" if ctx.hold.dropped else "used", seconds)
+            if confirmed:
+                self.working -= 1
+                if not self.working:
+                    self.idle.set()
 
     async def _hold(self, claim: SessionClaim, ctx: BusContext) -> None:
         """Own the claim's session until it ends (counted in ``sessions held``)."""
@@ -288,6 +382,9 @@ class Worker:
             if error.obsolete:
                 await raw.ack()
             return "superseded"
+        if ctx.hold is not None and ctx.hold.dropped:
+            await raw.ack()  # an abandoned speculation: whatever failed, nobody waits for it
+            return "ok"
         metrics.error(kind, error.code)
         limit = self.spec.deliveries(self.settings)
         if error.retryable and (limit < 0 or delivered < limit):
@@ -309,7 +406,11 @@ class Worker:
             subject = Subjects(self.settings.prefix).events(sid, event.TYPE)
             msg_id = f"error.{raw.metadata.sequence.stream}"
             try:
-                await bus.publish(ctx.js, subject, event, msg_id=msg_id, headers=ctx.trace)
+                await ctx.to_client(
+                    lambda: bus.publish(ctx.js, subject, event, msg_id=msg_id, headers=ctx.trace)
+                )
+                if ctx.hold is not None and self.signals.speculations is not None:
+                    await self.signals.speculations.finish(ctx.hold)
             except (NatsError, TimeoutError) as exc:
                 log.warning("%s: could not tell session %s: %r", kind, sid, exc)
         return "failed"

@@ -23,6 +23,8 @@ class SegmenterConfig:
     min_speech_ms: int = 200
     preroll_ms: int = 300
     max_utterance_s: float = 20.0
+    speculate_ms: int = 0
+    """A pause this long inside speech is a ``Paused`` (a turn to speculate on); 0: never."""
 
     def samples(self, ms: float) -> int:
         return int(self.rate * ms / 1000)
@@ -47,7 +49,23 @@ class Ended:
     """Where the silence was long enough to cut."""
 
 
-Event = Started | Ended
+@dataclass(frozen=True)
+class Paused:
+    """Silence reached ``speculate_ms``: the utterance so far (to where the pause is now).
+    If the pause becomes the end, the ``Ended`` has the same ``speech_end``."""
+
+    start: int
+    end: int
+    speech_end: int
+    decided_at: int
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Speech came back after a ``Paused``: that pause was not the end."""
+
+
+Event = Started | Ended | Paused | Resumed
 
 
 @dataclass
@@ -61,6 +79,7 @@ class Segmenter:
     _in_speech: bool = False
     _start: int = 0
     _last_speech_end: int = 0
+    _paused: bool = False
 
     @property
     def in_speech(self) -> bool:
@@ -99,6 +118,9 @@ class Segmenter:
                 self._first_speech = offset
             self._speech_run += WINDOW
             self._last_speech_end = end
+            if self._paused:
+                self._paused = False
+                return Resumed()
             if not self._in_speech and self._speech_run >= c.samples(c.min_speech_ms):
                 self._in_speech = True
                 self._start = max(0, self._first_speech - self._pre)
@@ -109,14 +131,26 @@ class Segmenter:
                 self._first_speech = -1
             elif end - self._last_speech_end >= c.samples(c.silence_ms):
                 return self._end(end)
+            elif self._pause_begins(end):
+                self._paused = True
+                return Paused(self._start, self._tail(end), self._last_speech_end, end)
         if self._in_speech and end - self._start >= c.rate * c.max_utterance_s:
             return self._end(end)
         return None
 
+    def _pause_begins(self, end: int) -> bool:
+        ms = self.config.speculate_ms
+        return (
+            0 < ms and not self._paused and end - self._last_speech_end >= self.config.samples(ms)
+        )
+
+    def _tail(self, end: int) -> int:
+        return min(end, self._last_speech_end + self.config.samples(200))
+
     def _end(self, end: int) -> Ended:
-        tail = min(end, self._last_speech_end + self.config.samples(200))
-        event = Ended(self._start, tail, self._last_speech_end, decided_at=end)
+        event = Ended(self._start, self._tail(end), self._last_speech_end, decided_at=end)
         self._in_speech = False
+        self._paused = False
         self._speech_run = 0
         self._first_speech = -1
         return event

@@ -88,6 +88,10 @@ class EventTap:
 
 Input = WorkQueue | SessionClaims | EventTap
 
+SPECULATIVE = "speculative"
+"""What feeds a work kind's second consumer per tier: work of speculative turns
+(``<work subject>.spec``, processors.speculation), taken only by idle workers."""
+
 SPEC_ACK_WAIT_S = 3.0
 """The shipped work kinds' ack wait: a worker heartbeats every third of it, so a dead
 worker's message moves to another within about this long."""
@@ -182,18 +186,26 @@ class Spec:
                 deliver_new=not self.input.from_start,
             )
             return [(None, tap)]
-        return [
-            (
-                tier,
-                Consumer(
-                    definitions.WORK,
-                    self.durable(tier),
-                    (s.work(self.kind, tier),),
-                    self.ack_wait(settings),
-                    self.deliveries(settings),
-                    max_ack_pending=10_000 if self.feeds == "claim" else 1_000,
-                    feeds=self.feeds,
-                ),
-            )
-            for tier in self.tiers_of(serving)
-        ]
+        out = []
+        for tier in self.tiers_of(serving):
+            subject, durable = s.work(self.kind, tier), self.durable(tier)
+            out.append((tier, self._work_consumer(settings, subject, durable, self.feeds)))
+            if self.feeds == "work":  # speculative turns' work: pulled when nothing else is
+                spec = s.speculative(subject)
+                out.append(
+                    (tier, self._work_consumer(settings, spec, f"{durable}-spec", SPECULATIVE))
+                )
+        return out
+
+    def _work_consumer(
+        self, settings: Settings, subject: str, durable: str, feeds: str
+    ) -> Consumer:
+        return Consumer(
+            definitions.WORK,
+            durable,
+            (subject,),
+            self.ack_wait(settings),
+            self.deliveries(settings),
+            max_ack_pending=10_000 if feeds == "claim" else 1_000,
+            feeds=feeds,
+        )

@@ -24,13 +24,15 @@ from nats.aio.msg import Msg
 from processors import silero
 from processors.claims import Owner
 from processors.context import Context
-from processors.segmenter import Ended, Segmenter, SegmenterConfig, Started
+from processors.segmenter import Ended, Paused, Resumed, Segmenter, SegmenterConfig, Started
 from processors.spec import SessionClaims, Spec
 from schemas import (
+    Abandon,
     AudioFrame,
     BadInput,
     Cancel,
     MessageError,
+    Release,
     SessionClaim,
     SpeechStarted,
     SpeechStopped,
@@ -61,7 +63,16 @@ def config_of(settings: Settings) -> SegmenterConfig:
         min_speech_ms=settings.vad_min_speech_ms,
         preroll_ms=settings.vad_preroll_ms,
         max_utterance_s=settings.vad_max_utterance_s,
+        speculate_ms=settings.vad_speculate_ms,
     )
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """An utterance forwarded at a pause, not yet the end of its turn."""
+
+    attempt: str
+    speech_end: int
 
 
 class VadSession:
@@ -76,6 +87,7 @@ class VadSession:
         self.frames: deque[_Frame] = deque()
         self.turn = ""
         self.last_turn = ""
+        self.speculation: Speculation | None = None
         self.hold = owner.took_over
         """After a takeover, keep every frame until the first utterance is out."""
         self.done_until = int(owner.record.get("end", 0))
@@ -124,6 +136,10 @@ class VadSession:
             event = self.seg.step(offset, p)
             if isinstance(event, Started):
                 await self._started(event)
+            elif isinstance(event, Paused):
+                await self._paused(event)
+            elif isinstance(event, Resumed):
+                await self._abandon()
             elif isinstance(event, Ended):
                 await self._ended(event)
         if self.seg.idle and not self.hold:
@@ -139,27 +155,24 @@ class VadSession:
         if self.last_turn:
             await self.ctx.control(Cancel(self.sid, self.last_turn, reason="barge-in"))
 
-    async def _ended(self, event: Ended) -> None:
+    def _utterance(self, event: Ended | Paused) -> Utterance:
         frames = [f for f in self.frames if f.start < event.end]
         first = frames[0]
         begin = max(first.start, event.start)
         pcm = b"".join(f.pcm for f in frames)[
             (begin - first.start) * 2 : (event.end - first.start) * 2
         ]
-        tail_ms = (event.decided_at - event.speech_end) * 1000 // silero.RATE
-        await self.ctx.emit(
-            SpeechStopped(self.sid, self.turn, at_ms=event.speech_end * 1000 // silero.RATE),
-            msg_id=f"{self.sid}.{self.turn}.stopped",
-        )
-        utterance = Utterance(
+        return Utterance(
             sid=self.sid,
             turn=self.turn,
             rate=silero.RATE,
             first_seq=first.seq,
             last_seq=frames[-1].seq,
-            vad_tail_ms=tail_ms,
+            vad_tail_ms=(event.decided_at - event.speech_end) * 1000 // silero.RATE,
             pcm=pcm,
         )
+
+    async def _send(self, utterance: Utterance, ctx: Context) -> None:
         # Each turn is one trace across every host; this is its root.
         with tracing.span(
             "turn",
@@ -167,7 +180,36 @@ class VadSession:
             **{"morgan.session": self.sid, "morgan.turn": self.turn, "morgan.input": "speech"},
         ) as root:
             trace = tracing.headers_of(root)
-            await self.ctx.forward(utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace)
+            await ctx.forward(utterance, msg_id=f"{self.sid}.{self.turn}.utt", trace=trace)
+
+    async def _paused(self, event: Paused) -> None:
+        """Speculate: the utterance so far goes to STT now, marked; its results wait for
+        the pause to become the end (processors.speculation)."""
+        held = [f.seq for f in self.frames if f.start < event.speech_end]
+        attempt = f"p{held[-1] if held else 0}"
+        self.speculation = Speculation(attempt, event.speech_end)
+        await self._send(self._utterance(event), self.ctx.speculative(attempt))
+
+    async def _abandon(self) -> None:
+        if self.speculation is not None:
+            attempt, self.speculation = self.speculation.attempt, None
+            await self.ctx.control(Abandon(self.sid, self.turn, attempt))
+
+    async def _ended(self, event: Ended) -> None:
+        stopped = SpeechStopped(self.sid, self.turn, at_ms=event.speech_end * 1000 // silero.RATE)
+        msg_id = f"{self.sid}.{self.turn}.stopped"
+        spec = self.speculation
+        if spec is not None and spec.speech_end == event.speech_end:
+            # The pause was the end: confirm what is under way (EVENTS names the attempt
+            # for workers that miss the control message).
+            await self.ctx.speculative(spec.attempt).emit(stopped, msg_id=msg_id)
+            await self.ctx.control(Release(self.sid, self.turn, spec.attempt, "vad"))
+            self.speculation = None
+        else:
+            await self._abandon()
+            await self.ctx.emit(stopped, msg_id=msg_id)
+            await self._send(self._utterance(event), self.ctx)
+        frames = [f for f in self.frames if f.start < event.end]
         after = [f.seq for f in self.frames if f.end > event.end]
         self.next_turn = after[0] if after else frames[-1].seq + 1
         await self.owner.save(end=event.end, turn=self.turn, next=self.next_turn)
@@ -193,7 +235,7 @@ SPEC = Spec(
     kind="vad",
     input=SessionClaims(open=open_session),
     accepts=(SessionClaim,),
-    publishes=(SpeechStarted, SpeechStopped, Utterance, Cancel),
+    publishes=(SpeechStarted, SpeechStopped, Utterance, Cancel, Release, Abandon),
     load=load,
     ack_wait_s=4.0,
     max_deliver=-1,  # a claim lives as long as its session: never give it up

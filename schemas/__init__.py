@@ -5,7 +5,7 @@ turns any of them into NATS headers plus a body and back.
 """
 
 from schemas.codec import MessageError, decode, encode
-from schemas.control import Cancel, Forget, SessionEnd
+from schemas.control import Abandon, Cancel, Forget, Release, SessionEnd
 from schemas.errors import BadInput, Handoff, MorganError, Superseded, Unavailable
 from schemas.events import (
     ErrorEvent,
@@ -21,6 +21,8 @@ from schemas.subjects import Subjects
 from schemas.work import AudioChunk, AudioFrame, LlmRequest, SessionClaim, TtsRequest, Utterance
 
 __all__ = [
+    "Abandon",
+    "Release",
     "BadInput",
     "Handoff",
     "MorganError",

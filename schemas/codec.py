@@ -29,6 +29,10 @@ USER_HEADER = "Morgan-User"
 turns, and carried by the runtime onto everything published while handling them."""
 WORKER_HEADER = "Morgan-Worker"
 """The worker (``kind@host:pid``) that published a message; the history records it."""
+SPECULATIVE_HEADER = "Morgan-Speculative"
+"""Work for a turn not confirmed yet (the speculation's name, ``p<frame seq>``): carried
+onwards by the runtime, which holds back what its handlers publish to clients until the
+VAD confirms (``Release``) and drops it if the VAD abandons (``Abandon``)."""
 
 
 class MessageError(MorganError):

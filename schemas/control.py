@@ -36,3 +36,31 @@ class Forget(Message):
     user: str
     sid: str = ""
     """One session of the user (a deleted conversation); empty: all of the user's."""
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    """A speculative turn is confirmed, and ``kind`` has let out what it held of it.
+
+    The VAD sends it with ``kind="vad"`` when the pause it speculated at became the end
+    of the turn; each worker that held a client-facing output of the turn (the runtime's
+    ``processors.speculation``) sends its own once that is out, so the next stage lets its
+    output out after it: transcript before reply, in order.
+    """
+
+    TYPE: ClassVar[str] = "control.release"
+    sid: str
+    turn: str
+    attempt: str
+    """Which speculation of the turn (``Morgan-Speculative``)."""
+    kind: str
+
+
+@dataclass(frozen=True)
+class Abandon(Message):
+    """A speculative turn's speech went on: drop everything of that attempt, unsent."""
+
+    TYPE: ClassVar[str] = "control.abandon"
+    sid: str
+    turn: str
+    attempt: str

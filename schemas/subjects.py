@@ -40,6 +40,11 @@ class Subjects:
             raise ValueError(f"{kind} work tier must be one of {TIERS}, not {tier!r}")
         return f"{self.prefix}.work.{kind}.{tier}"
 
+    def speculative(self, work_subject: str) -> str:
+        """Where speculative work for ``work_subject`` goes: its own consumer, pulled only by
+        workers with no confirmed work in hand."""
+        return f"{work_subject}.spec"
+
     # stream-wide filters
     @property
     def all_audio(self) -> str:

@@ -64,6 +64,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             name=EVENTS,
             subjects=[s.all_events],
             retention=RetentionPolicy.LIMITS,
+            allow_direct=True,  # a worker asks which attempt ended a turn (speculation)
             max_age=settings.events_max_age_s,
             duplicate_window=DUPLICATE_WINDOW_S,
             num_replicas=replicas,

@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     """Speech probability threshold. Env: MORGAN_VAD_THRESHOLD."""
     vad_silence_ms: int = Field(500, ge=32)
     """Silence that ends an utterance, milliseconds. Env: MORGAN_VAD_SILENCE_MS."""
+    vad_speculate_ms: int = Field(150, ge=0)
+    """A pause this long inside speech starts a speculative turn: STT, the LLM and TTS
+    begin, their output held until the pause becomes the end of the turn, milliseconds;
+    0: off. Env: MORGAN_VAD_SPECULATE_MS."""
     vad_min_speech_ms: int = Field(200, ge=32)
     """Shorter speech is ignored, milliseconds. Env: MORGAN_VAD_MIN_SPEECH_MS."""
     vad_preroll_ms: int = Field(300, ge=0)

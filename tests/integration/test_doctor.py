@@ -61,7 +61,7 @@ async def test_doctor_reports_tiers_models_streams_and_routing(
     assert f"  qdrant       not configured: morgan up uses local mode in {qdrant} (not" in out
     # which latency features are on, and as whom it talks to NATS
     assert "  stt window   15 s, beam 5\n" in out
-    assert "  speculation  off" in out
+    assert "  speculation  on: at a 150 ms pause" in out
     assert "  role         none (no credentials)" in out
 
 

@@ -66,6 +66,13 @@ class Mic:
             self.offset += len(part) // 2
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests read utterances off STT's confirmed queue: no speculation (its tests
+    are in test_speculation.py)."""
+    return settings.model_copy(update={"vad_speculate_ms": 0})
+
+
 @pytest.fixture(scope="module")
 def sentence() -> bytes:
     return speak("please tell me a short story about a brave little fox")

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
-from processors.segmenter import WINDOW, Ended, Segmenter, SegmenterConfig, Started
+from processors.segmenter import (
+    WINDOW,
+    Ended,
+    Event,
+    Paused,
+    Resumed,
+    Segmenter,
+    SegmenterConfig,
+    Started,
+)
 
 CFG = SegmenterConfig(silence_ms=320, min_speech_ms=96, preroll_ms=64)
 
 
-def run(probs: list[float], start: int = 0) -> list[Started | Ended]:
+def run(probs: list[float], start: int = 0) -> list[Event]:
     seg = Segmenter(CFG, position=start)
     out = []
     for i, p in enumerate(probs):
@@ -79,3 +88,34 @@ def test_windows_splits_any_frame_size_into_whole_windows() -> None:
     got += seg.windows(np.zeros(400, dtype=np.float32))
     assert [o for o, _ in got] == [1000, 1000 + WINDOW]
     assert seg.position == 1000 + 2 * WINDOW
+
+
+SPEC_CFG = SegmenterConfig(silence_ms=320, min_speech_ms=96, preroll_ms=64, speculate_ms=96)
+
+
+def run_spec(probs: list[float]) -> list[object]:
+    seg = Segmenter(SPEC_CFG)
+    return [e for i, p in enumerate(probs) if (e := seg.step(i * WINDOW, p)) is not None]
+
+
+def test_a_short_pause_is_speculated_on_once_and_the_end_keeps_its_speech_end() -> None:
+    events = run_spec([0.9] * 10 + [0.0] * 20)
+    assert [type(e) for e in events] == [Started, Paused, Ended]
+    _, paused, ended = events
+    assert isinstance(paused, Paused) and isinstance(ended, Ended)
+    assert paused.speech_end == ended.speech_end == 10 * WINDOW
+    assert paused.start == ended.start
+    assert paused.decided_at - paused.speech_end >= SPEC_CFG.samples(96)
+    assert paused.decided_at < ended.decided_at
+
+
+def test_speech_after_a_speculated_pause_resumes_and_the_next_pause_speculates_again() -> None:
+    events = run_spec([0.9] * 10 + [0.0] * 4 + [0.9] * 10 + [0.0] * 20)
+    assert [type(e) for e in events] == [Started, Paused, Resumed, Paused, Ended]
+    second, ended = events[3], events[4]
+    assert isinstance(second, Paused) and isinstance(ended, Ended)
+    assert second.speech_end == ended.speech_end == 24 * WINDOW
+
+
+def test_speculation_off_by_default() -> None:
+    assert not any(isinstance(e, Paused | Resumed) for e in run([0.9] * 10 + [0.0] * 20))

@@ -39,24 +39,39 @@ def tap(types: tuple[str, ...] = ("transcript", "reply.done"), from_start: bool 
     )
 
 
-def test_tiered_work_has_one_consumer_per_tier_served_named_kind_dash_tier() -> None:
+def test_tiered_work_has_one_consumer_per_tier_served_and_one_for_its_speculative_work() -> None:
     settings = Settings()
+    spec = "speculative"
     assert stt.SPEC.consumers(settings) == [
         ("gpu", Consumer("WORK", "stt-gpu", ("morgan.work.stt.gpu",), 3.0, 10, 1000, "work")),
+        (
+            "gpu",
+            Consumer("WORK", "stt-gpu-spec", ("morgan.work.stt.gpu.spec",), 3.0, 10, 1000, spec),
+        ),
         ("cpu", Consumer("WORK", "stt-cpu", ("morgan.work.stt.cpu",), 3.0, 10, 1000, "work")),
+        (
+            "cpu",
+            Consumer("WORK", "stt-cpu-spec", ("morgan.work.stt.cpu.spec",), 3.0, 10, 1000, spec),
+        ),
     ]
-    assert [t for t, _ in tts.SPEC.consumers(settings, ("cpu",))] == ["cpu"]
+    assert [t for t, _ in tts.SPEC.consumers(settings, ("cpu",))] == ["cpu", "cpu"]
     assert [c.durable for _, c in stt.SPEC.consumers(settings, ("cpu", "gpu"))] == [
         "stt-gpu",
+        "stt-gpu-spec",
         "stt-cpu",
+        "stt-cpu-spec",
     ]
 
 
-def test_untiered_work_has_one_consumer_named_after_the_kind_whatever_the_tiers() -> None:
+def test_untiered_work_has_consumers_named_after_the_kind_whatever_the_tiers() -> None:
     settings = Settings(prefix="home", max_deliver=4)
     for serving in (("gpu", "cpu"), ("cpu",), ("gpu",)):
         assert llm.SPEC.consumers(settings, serving) == [
-            (None, Consumer("WORK", "llm", ("home.work.llm",), 3.0, 4, 1000, "work"))
+            (None, Consumer("WORK", "llm", ("home.work.llm",), 3.0, 4, 1000, "work")),
+            (
+                None,
+                Consumer("WORK", "llm-spec", ("home.work.llm.spec",), 3.0, 4, 1000, "speculative"),
+            ),
         ]
 
 
@@ -80,7 +95,7 @@ def test_the_shipped_work_kinds_declare_a_short_ack_wait_and_the_setting_overrid
     } == {3.0}
     monkeypatch.setenv("MORGAN_WORK_ACK_WAIT_S", "7.5")
     slow = Settings.from_env()
-    assert [c.ack_wait_s for _, c in stt.SPEC.consumers(slow)] == [7.5, 7.5]
+    assert [c.ack_wait_s for _, c in stt.SPEC.consumers(slow)] == [7.5] * 4
     assert [c.ack_wait_s for _, c in tap().consumers(slow)] == [7.5]
     assert [c.ack_wait_s for _, c in vad.SPEC.consumers(slow)] == [4.0]  # claims: not work
 
@@ -96,8 +111,8 @@ def test_a_kind_may_declare_its_own_ack_wait_and_deliveries() -> None:
         ack_wait_s=30.0,
         max_deliver=2,
     )
-    [(_, consumer)] = patient.consumers(Settings(max_deliver=10))
-    assert (consumer.ack_wait_s, consumer.max_deliver) == (30.0, 2)
+    for _, consumer in patient.consumers(Settings(max_deliver=10)):
+        assert (consumer.ack_wait_s, consumer.max_deliver) == (30.0, 2)
 
 
 def test_a_session_claim_kind_is_never_given_up_and_its_ack_wait_has_its_own_override() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from processors import silero
-from processors.segmenter import Ended, Segmenter, SegmenterConfig, Started
+from processors.segmenter import Ended, Event, Segmenter, SegmenterConfig, Started
 from testbed.audio import silence, speak
 
 
@@ -15,7 +15,7 @@ def model() -> object:
     return silero.load_session()
 
 
-def segment(model: object, pcm: bytes) -> list[Started | Ended]:
+def segment(model: object, pcm: bytes) -> list[Event]:
     stream = silero.SileroStream(model)
     seg = Segmenter(SegmenterConfig())
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
