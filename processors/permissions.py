@@ -127,7 +127,8 @@ def kind(settings: Settings, spec: Spec, specs: list[Spec]) -> Permissions:
     for _, c in spec.consumers(settings):
         perms |= consumer(c.stream, c.durable)
     if spec.tiered:  # its cpu workers move work stranded on a dead gpu tier to cpu
-        perms |= allow(publish=[s.work(spec.kind, "cpu"), f"$SRV.PING.morgan-{spec.kind}"])
+        cpu = s.work(spec.kind, "cpu")
+        perms |= allow(publish=[cpu, s.speculative(cpu), f"$SRV.PING.morgan-{spec.kind}"])
     if isinstance(spec.input, SessionClaims):
         perms |= any_consumer(AUDIO) | kv_write(definitions.OWNERS)
     # events: what it publishes that no kind takes as work (``emit``), and ``error``,

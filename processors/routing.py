@@ -151,28 +151,37 @@ async def rescue_stranded(
     stop: asyncio.Event,
     every_s: float = 1.0,
 ) -> None:
-    """While no gpu worker of ``kind`` lives, move its queued gpu work to the cpu tier.
+    """While no gpu worker of ``kind`` lives, move its queued gpu work (confirmed and
+    speculative) to the cpu tier.
 
     The copy gets a new message id (``<id>.cpu``): the original id is still inside
     the dedup window and the copy would be dropped. The original is acked after.
     """
-    sub = await js.pull_subscribe_bind(f"{kind}-gpu", stream=definitions.WORK)
     cpu = Subjects(settings.prefix).work(kind, "cpu")
+    subs = [
+        (await js.pull_subscribe_bind(durable, stream=definitions.WORK), subject)
+        for durable, subject in (
+            (f"{kind}-gpu", cpu),
+            (f"{kind}-gpu-spec", Subjects(settings.prefix).speculative(cpu)),
+        )
+    ]
     try:
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
             if stop.is_set() or await router.gpu_live(kind):
                 continue
-            with contextlib.suppress(NatsError, TimeoutError):  # nothing waiting, reconnecting
-                for raw in await sub.fetch(16, timeout=0.2):
-                    headers = dict(raw.headers or {})
-                    headers[MSG_ID] = (
-                        headers.get(MSG_ID, str(raw.metadata.sequence.stream)) + ".cpu"
-                    )
-                    await js.publish(cpu, raw.data, headers=headers)
-                    await raw.ack()
-                    log.warning("moved stranded %s work from gpu to cpu", kind)
+            for sub, subject in subs:
+                with contextlib.suppress(NatsError, TimeoutError):  # nothing waiting
+                    for raw in await sub.fetch(16, timeout=0.2):
+                        headers = dict(raw.headers or {})
+                        headers[MSG_ID] = (
+                            headers.get(MSG_ID, str(raw.metadata.sequence.stream)) + ".cpu"
+                        )
+                        await js.publish(subject, raw.data, headers=headers)
+                        await raw.ack()
+                        log.warning("moved stranded %s work from gpu to cpu", kind)
     finally:
-        with contextlib.suppress(NatsError, TimeoutError):
-            await sub.unsubscribe()
+        for sub, _ in subs:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await sub.unsubscribe()

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from streams import definitions
 from testbed import netns
@@ -166,23 +168,33 @@ async def test_turns_over_links_losing_2_percent_each_way_all_complete_once(
     assert_every_turn_once(talker, healthy)
 
 
+async def delivered(js: JetStreamContext, *durables: str) -> int:
+    """Messages the consumers have delivered so far (confirmed and speculative work)."""
+    infos = [await js.consumer_info(definitions.WORK, d) for d in durables]
+    return sum(i.delivered.consumer_seq for i in infos)
+
+
 async def test_killing_the_only_gpu_stt_mid_turn_completes_the_turn_on_cpu(
     healthy: Deployment, utterances: list[bytes]
 ) -> None:
     healthy.kill("stt-gpu2")  # leave one gpu-tier STT
     nc = await healthy.connect("tier-probe")
     js = nc.jetstream()
-    cpu_before = (await js.consumer_info(definitions.WORK, "stt-cpu")).delivered.consumer_seq
+    cpu_before = await delivered(js, "stt-cpu", "stt-cpu-spec")
     talker = await Talker.open(healthy.url_of("gw"))
     try:
-        started = len(talker.events)
+        sent = asyncio.Event()  # the utterance (speculative or not) went to the gpu tier
+
+        async def on_gpu_work(_: Msg) -> None:
+            sent.set()
+
+        for subject in ("morgan.work.stt.gpu", "morgan.work.stt.gpu.spec"):
+            await nc.subscribe(subject, cb=on_gpu_work)
         speaking = asyncio.create_task(talker.say(utterances[0], timeout=30))
-        await talker.wait_until(
-            lambda: any(e["type"] == "vad.speech_stopped" for e in talker.events[started:]), 30
-        )
+        await asyncio.wait_for(sent.wait(), 30)
         healthy.kill("stt-gpu1")  # the utterance is on its way to (or in) the gpu worker
         assert await speaking, f"{talker.describe()}\n{healthy.diagnose()}\n{healthy.logs()}"
-        cpu_after = (await js.consumer_info(definitions.WORK, "stt-cpu")).delivered.consumer_seq
+        cpu_after = await delivered(js, "stt-cpu", "stt-cpu-spec")
     finally:
         await talker.close()
         await nc.close()
