@@ -604,7 +604,8 @@ class TurnCase:
             self.first_tts.append(first.llm_ms)
             self.returned.append(ms(took))
             backend: Instant = ctx.state.backend
-            self.recalled += "From earlier conversations" in backend.last[0]["content"]
+            system = " ".join(m["content"] for m in backend.last if m["role"] == "system")
+            self.recalled += "From earlier conversations" in system
         if self.recall is not None:
             await self.recall.settle()
 

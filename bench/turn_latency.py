@@ -14,7 +14,9 @@ the same questions, and prints both and the ratio now/before.
 
 ``--ab`` compares speculative turns (``MORGAN_VAD_SPECULATE_MS``) with plain ones at two
 end-of-turn silences (``MORGAN_VAD_SILENCE_MS``) in the same run: four configurations
-(off-300, off-500, on-500, on-300), each its own ``morgan up``, in interleaved rounds.
+(off-300, off-500, on-500, on-300) and speculation with the end-of-turn model (on-model:
+``MORGAN_VAD_TURN_MODEL``, at most 1500 ms), each its own ``morgan up``, in interleaved
+rounds.
 Each speaks the same ``--turns`` complete questions and ``--turns`` utterances with a
 350 ms mid-sentence pause, after one warm-up turn, and prints per configuration the
 end of speech -> first audio p50/p95 and their ratio to off-300, the models' compute
@@ -317,11 +319,16 @@ class Config:
     name: str
     speculate_ms: int
     silence_ms: int
+    """The silence that ends a turn; with ``turn_model``, the most it waits."""
+    turn_model: bool = False
+    """End turns by the Smart Turn model too (``MORGAN_VAD_TURN_MODEL``)."""
 
     def env(self) -> dict[str, str]:
         return {
             "MORGAN_VAD_SPECULATE_MS": str(self.speculate_ms),
             "MORGAN_VAD_SILENCE_MS": str(self.silence_ms),
+            "MORGAN_VAD_TURN_MODEL": "1" if self.turn_model else "0",
+            "MORGAN_VAD_TURN_MAX_SILENCE_MS": str(self.silence_ms),
         }
 
 
@@ -330,6 +337,7 @@ CONFIGS = (
     Config("off-500", 0, 500),
     Config("on-500", 150, 500),
     Config("on-300", 150, 300),
+    Config("on-model", 150, 1500, turn_model=True),
 )
 BASELINE = CONFIGS[0].name
 PAUSED = [

@@ -76,7 +76,13 @@ def _speed(settings: Settings) -> None:
         f"  stt window   {'off (30 s)' if window >= 30 else f'{window:g} s'}"
         f", beam {settings.stt_beam_size}"
     )
-    print(f"  end of turn  silence {settings.vad_silence_ms} ms (the turn model is not wired yet)")
+    if settings.vad_turn_model:
+        print(
+            f"  end of turn  Smart Turn model after {settings.vad_turn_ask_ms} ms of silence, "
+            f"at most {settings.vad_turn_max_silence_ms} ms (MORGAN_VAD_TURN_MODEL)"
+        )
+    else:
+        print(f"  end of turn  silence {settings.vad_silence_ms} ms (MORGAN_VAD_TURN_MODEL=0)")
     ms = settings.vad_speculate_ms
     print(
         "  speculation  "

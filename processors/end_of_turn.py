@@ -246,6 +246,13 @@ class EndOfTurn:
         """Forget the pause and its answer: the turn ended or was abandoned."""
         self._silence_ms, self._p = -1.0, None
 
+    def asks(self, silence_ms: float) -> bool:
+        """Whether ``decide`` with this silence would call the model (then run it off the
+        event loop: a call takes 60-150 ms of a core)."""
+        new_pause = silence_ms <= self._silence_ms
+        unanswered = new_pause or self._p is None
+        return self.ask_after_ms <= silence_ms < self.max_silence_ms and unanswered
+
     def decide(self, audio: bytes | Callable[[], bytes], silence_ms: float) -> Decision:
         """``audio``: the turn so far, or a function that returns it (called only when
         the model is asked: once a pause). ``silence_ms``: since the speech stopped."""

@@ -99,12 +99,21 @@ def on_control(message: Message, state: LlmState) -> None:
 def prompt(
     system: str, history: list[Exchange], text: str, memories: Sequence[Memory] = ()
 ) -> Messages:
-    """System prompt (with the user's memories, dated), earlier exchanges (oldest first),
-    then the user's words."""
+    """System prompt, the user's memories (dated) in a second system message, earlier
+    exchanges (oldest first), then the user's words.
+
+    The first message stays the same from turn to turn, so the local model evaluates it
+    once and keeps it cached (``LocalBackend``); memories change with every turn.
+    """
+    messages = [{"role": "system", "content": system}] if system else []
     if memories:
         remembered = "\n".join(recall.prompt_lines(memories))
-        system = f"{system}\n\nFrom earlier conversations with this user:\n{remembered}"
-    messages = [{"role": "system", "content": system}] if system else []
+        messages.append(
+            {
+                "role": "system",
+                "content": f"From earlier conversations with this user:\n{remembered}",
+            }
+        )
     for exchange in history:
         if exchange.assistant:  # a turn cancelled before a word was spoken is left out
             messages.append({"role": "user", "content": exchange.user})

@@ -80,6 +80,10 @@ class Segmenter:
     _start: int = 0
     _last_speech_end: int = 0
     _paused: bool = False
+    _silent: bool = False
+    """The last window was silence inside an open utterance."""
+    _stepped: int = 0
+    """Where the last window given to ``step`` ended."""
 
     @property
     def in_speech(self) -> bool:
@@ -94,6 +98,24 @@ class Segmenter:
     def safe_ack(self) -> int:
         """While idle: audio before this sample offset can never start an utterance."""
         return max(0, self.position - self._pre - WINDOW)
+
+    @property
+    def pause_ms(self) -> float:
+        """Silence since the speech stopped, while an utterance is open and the last
+        window was silent (a pause the end-of-turn model may judge); else 0."""
+        if not (self._in_speech and self._silent):
+            return 0.0
+        return (self._stepped - self._last_speech_end) * 1000 / self.config.rate
+
+    @property
+    def stepped(self) -> int:
+        """Where the last window given to ``step`` ended (a sample offset)."""
+        return self._stepped
+
+    def end_now(self) -> Ended:
+        """End the open utterance after the last window stepped (the end-of-turn model
+        said so)."""
+        return self._end(self._stepped)
 
     @property
     def _pre(self) -> int:
@@ -113,11 +135,13 @@ class Segmenter:
         """Feed the speech probability of the window that starts at ``offset``."""
         c = self.config
         end = offset + WINDOW
+        self._stepped = end
         if probability >= c.threshold:
             if self._first_speech < 0:
                 self._first_speech = offset
             self._speech_run += WINDOW
             self._last_speech_end = end
+            self._silent = False
             if self._paused:
                 self._paused = False
                 return Resumed()
@@ -126,6 +150,7 @@ class Segmenter:
                 self._start = max(0, self._first_speech - self._pre)
                 return Started(start=self._start, speech_at=self._first_speech)
         elif probability < c.threshold - 0.15 or not self._in_speech:
+            self._silent = self._in_speech
             if not self._in_speech:
                 self._speech_run = 0
                 self._first_speech = -1
@@ -151,6 +176,7 @@ class Segmenter:
         event = Ended(self._start, self._tail(end), self._last_speech_end, decided_at=end)
         self._in_speech = False
         self._paused = False
+        self._silent = False
         self._speech_run = 0
         self._first_speech = -1
         return event

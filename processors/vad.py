@@ -14,6 +14,8 @@ same way, so JetStream's dedup drops a second copy.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 from nats.aio.msg import Msg
 
-from processors import silero
+from processors import end_of_turn, models, silero
 from processors.claims import Owner
 from processors.context import Context
 from processors.segmenter import Ended, Paused, Resumed, Segmenter, SegmenterConfig, Started
@@ -42,9 +44,24 @@ from schemas import (
 from streams import tracing
 from streams.settings import Settings
 
+log = logging.getLogger("morgan.vad")
+
 
 async def load(settings: Settings, tiers: tuple[str, ...]) -> Any:
+    if settings.vad_turn_model:  # loaded now, so the first pause does not wait for it
+        await asyncio.to_thread(turn_model)
     return await asyncio.to_thread(silero.load_session)
+
+
+@functools.cache
+def turn_model() -> end_of_turn.TurnModel | None:
+    """The process's end-of-turn model; None (silence only, said once) where the
+    ``pipecat-ai`` wheel that ships it is not installed."""
+    try:
+        return end_of_turn.shared_model()
+    except models.ModelNotFound as exc:
+        log.warning("vad: end of turn by silence only: %s", exc)
+        return None
 
 
 @dataclass
@@ -57,9 +74,10 @@ class _Frame:
 
 
 def config_of(settings: Settings) -> SegmenterConfig:
+    by_model = settings.vad_turn_model and turn_model() is not None
     return SegmenterConfig(
         threshold=settings.vad_threshold,
-        silence_ms=settings.vad_silence_ms,
+        silence_ms=settings.vad_turn_max_silence_ms if by_model else settings.vad_silence_ms,
         min_speech_ms=settings.vad_min_speech_ms,
         preroll_ms=settings.vad_preroll_ms,
         max_utterance_s=settings.vad_max_utterance_s,
@@ -88,6 +106,8 @@ class VadSession:
         self.turn = ""
         self.last_turn = ""
         self.speculation: Speculation | None = None
+        self.turn_end: end_of_turn.EndOfTurn | None = None
+        """The end-of-turn model's policy for this session (``vad_turn_model``)."""
         self.hold = owner.took_over
         """After a takeover, keep every frame until the first utterance is out."""
         self.done_until = int(owner.record.get("end", 0))
@@ -127,13 +147,15 @@ class VadSession:
             self.heard_until = frame.offset + n
         if not new or self.seg is None:
             return False
-        self.seg.config = config_of(self.ctx.current_settings())  # live config applies at once
+        settings = self.ctx.current_settings()
+        self.seg.config = config_of(settings)  # live config applies at once
+        self.turn_end = self._turn_end(settings)
         self.frames.extend(new)
         samples = np.frombuffer(b"".join(f.pcm for f in new), dtype="<i2")
         windows = self.seg.windows(samples.astype(np.float32) / 32768.0)
         probs = await asyncio.to_thread(lambda: [self.model.probability(w) for _, w in windows])
         for (offset, _), p in zip(windows, probs, strict=True):
-            event = self.seg.step(offset, p)
+            event = self.seg.step(offset, p) or await self._judge_pause()
             if isinstance(event, Started):
                 await self._started(event)
             elif isinstance(event, Paused):
@@ -145,6 +167,45 @@ class VadSession:
         if self.seg.idle and not self.hold:
             await self._ack(self.seg.safe_ack)
         return True
+
+    def _turn_end(self, settings: Settings) -> end_of_turn.EndOfTurn | None:
+        model = turn_model() if settings.vad_turn_model else None
+        if model is None:
+            return None
+        policy = self.turn_end
+        if policy is None or (policy.ask_after_ms, policy.max_silence_ms, policy.threshold) != (
+            settings.vad_turn_ask_ms,
+            settings.vad_turn_max_silence_ms,
+            settings.vad_turn_threshold,
+        ):
+            policy = end_of_turn.EndOfTurn(
+                model.probability,
+                ask_after_ms=settings.vad_turn_ask_ms,
+                max_silence_ms=settings.vad_turn_max_silence_ms,
+                threshold=settings.vad_turn_threshold,
+            )
+        return policy
+
+    async def _judge_pause(self) -> Ended | None:
+        """With the end-of-turn model on: in a pause, end the turn if it sounds finished."""
+        pause_ms = self.seg.pause_ms if self.seg is not None else 0.0
+        if self.turn_end is None or self.seg is None or not pause_ms:
+            return None
+        policy, upto = self.turn_end, self.seg.stepped
+
+        def heard() -> bytes:
+            """The audio up to the window judged (a batch of frames may reach past it);
+            the model hears its last 8 s."""
+            kept = [f for f in self.frames if f.start < upto]
+            if not kept:
+                return b""
+            return b"".join(f.pcm for f in kept)[: (upto - kept[0].start) * 2]
+
+        if policy.asks(pause_ms):
+            decision = await asyncio.to_thread(policy.decide, heard, pause_ms)
+        else:
+            decision = policy.decide(heard, pause_ms)
+        return self.seg.end_now() if decision.end else None
 
     async def _started(self, event: Started) -> None:
         self.turn = f"u{self.next_turn}"

@@ -167,6 +167,18 @@ class Settings(BaseSettings):
     """A pause this long inside speech starts a speculative turn: STT, the LLM and TTS
     begin, their output held until the pause becomes the end of the turn, milliseconds;
     0: off. Env: MORGAN_VAD_SPECULATE_MS."""
+    vad_turn_model: bool = False
+    """End a turn by meaning as well as silence: after ``vad_turn_ask_ms`` of silence the
+    Smart Turn model (docs/turn-detection.md) hears the turn so far; "complete" ends it
+    there, "incomplete" waits up to ``vad_turn_max_silence_ms`` (which then replaces
+    ``vad_silence_ms``). Env: MORGAN_VAD_TURN_MODEL."""
+    vad_turn_ask_ms: int = Field(200, ge=32)
+    """Silence before the turn model is asked, milliseconds. Env: MORGAN_VAD_TURN_ASK_MS."""
+    vad_turn_max_silence_ms: int = Field(1500, ge=32)
+    """With the turn model on, the silence that ends a turn whatever the model said,
+    milliseconds. Env: MORGAN_VAD_TURN_MAX_SILENCE_MS."""
+    vad_turn_threshold: float = Field(0.5, ge=0, le=1)
+    """The model's P(complete) that ends a turn. Env: MORGAN_VAD_TURN_THRESHOLD."""
     vad_min_speech_ms: int = Field(200, ge=32)
     """Shorter speech is ignored, milliseconds. Env: MORGAN_VAD_MIN_SPEECH_MS."""
     vad_preroll_ms: int = Field(300, ge=0)

@@ -1,6 +1,7 @@
 """Real speech for tests: espeak-ng + sox make it, faster-whisper hears it.
 
 speak(text, rate=16000) -> s16le mono PCM bytes
+steady_turn(text) -> the same, trimmed, without dither, over a seeded noise floor
 silence(ms, rate) -> that many milliseconds of zeros
 resample(pcm, src_rate, dst_rate) -> PCM at the new rate (linear interpolation)
 transcribe(pcm, rate=16000) -> what tiny.en hears (model loaded once per process)
@@ -72,3 +73,31 @@ def transcribe(pcm: bytes, rate: int = 16000) -> str:
         audio, language="en", beam_size=1, without_timestamps=True, vad_filter=False
     )
     return str("".join(s.text for s in segments)).strip()
+
+
+def steady_turn(text: str) -> bytes:
+    """``text`` by espeak-ng (en-us, 150 wpm, as ``speak``) as the VAD would
+    hand it to the policy: 300 ms before the speech, 200 ms of silence after it (espeak's
+    own trimmed), over a quiet room's noise floor (-60 dBFS, seeded).
+
+    Not ``speak()`` itself: its sox call dithers with random noise, and on synthetic
+    speech the model's answer moves with such a 1-bit change ("What is the capital of
+    Australia?" 0.63-0.96 over 8 calls, over this noise floor), so the clip must be the
+    same on every run: sox -D, a seeded floor. The floor because no microphone sends
+    espeak's digital zeros.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text],
+            check=True,
+            capture_output=True,
+        )
+        raw = ["-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", "-L", "-t", "raw"]
+        pcm = subprocess.run(["sox", "-D", str(wav), *raw, "-"], check=True, capture_output=True)
+    samples = np.frombuffer(pcm.stdout, dtype="<i2").astype(np.float64)
+    voiced = np.nonzero(np.abs(samples) > 500)[0]
+    speech = samples[voiced[0] : voiced[-1] + 1]
+    clip = np.concatenate([np.zeros(16 * 300), speech, np.zeros(16 * 200)])
+    clip += np.random.default_rng(0).normal(0.0, 32768 * 10 ** (-60 / 20), clip.size)
+    return np.clip(np.round(clip), -32768, 32767).astype("<i2").tobytes()

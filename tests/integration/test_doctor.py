@@ -62,6 +62,7 @@ async def test_doctor_reports_tiers_models_streams_and_routing(
     # which latency features are on, and as whom it talks to NATS
     assert "  stt window   15 s, beam 5\n" in out
     assert "  speculation  on: at a 150 ms pause" in out
+    assert "  end of turn  silence 500 ms (MORGAN_VAD_TURN_MODEL=0)" in out
     assert "  role         none (no credentials)" in out
 
 

@@ -60,7 +60,7 @@ async def prompt_for(
     messages = await llm.messages_for(
         LlmRequest(sid, "t1", text), ContextCache(settings, None), ctx
     )
-    return str(messages[0]["content"])
+    return "\n".join(str(m["content"]) for m in messages if m["role"] == "system")
 
 
 async def test_a_fact_told_in_one_session_is_recalled_in_the_next_for_that_user_only(

@@ -31,7 +31,7 @@ from schemas import (
 )
 from streams import bus, definitions
 from streams.settings import Settings
-from testbed.audio import silence, speak, transcribe
+from testbed.audio import silence, speak, steady_turn, transcribe
 from tests.integration.bus_helpers import Inbox, stream_inbox, until, work_inbox
 from tests.integration.workers import ChildWorker, running
 
@@ -424,3 +424,32 @@ async def test_a_second_claim_for_a_held_session_takes_it_over_once_and_settles(
         utt = await stt.next(Utterance)
         assert await stt.quiet_for(2.0) == []
     assert "fox" in transcribe(utt.pcm).lower()
+
+
+async def test_the_end_of_turn_model_ends_a_finished_question_long_before_its_maximum(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    by_model = settings.model_copy(
+        update={"vad_turn_model": True, "vad_turn_ask_ms": 200, "vad_turn_max_silence_ms": 1500}
+    )
+    mic = Mic(js, by_model)
+    async with work_inbox(js, "stt-cpu") as stt, running(vad.SPEC, by_model):
+        await mic.claim()
+        await mic.send(silence(300) + steady_turn("Can you tell me a joke?") + silence(2000))
+        utt = await stt.next(Utterance)
+    assert utt.vad_tail_ms < 800  # "complete" after 200 ms of silence, not 1500
+
+
+async def test_the_end_of_turn_model_waits_through_a_pause_in_an_unfinished_sentence(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    by_model = settings.model_copy(update={"vad_turn_model": True, "vad_silence_ms": 500})
+    mic = Mic(js, by_model)
+    async with work_inbox(js, "stt-cpu") as stt, running(vad.SPEC, by_model):
+        await mic.claim()
+        first, rest = steady_turn("My sister's name is"), steady_turn("Anna")
+        await mic.send(silence(300) + first + silence(700) + rest + silence(2500))
+        utt = await stt.next(Utterance)
+        more = await stt.quiet_for(1.0)
+    assert more == []  # one turn: a 900 ms pause is more than the 500 ms silence alone
+    assert "anna" in transcribe(utt.pcm).lower()

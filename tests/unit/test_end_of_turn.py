@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,39 +20,12 @@ from processors.end_of_turn import (
     EndOfTurn,
     TurnModel,
 )
+from testbed.audio import steady_turn as turn
 
 
 @pytest.fixture(scope="module")
 def model() -> TurnModel:
     return TurnModel.load()
-
-
-def turn(text: str) -> bytes:
-    """``text`` by espeak-ng (en-us, 150 wpm, as ``testbed.audio.speak``) as the VAD would
-    hand it to the policy: 300 ms before the speech, 200 ms of silence after it (espeak's
-    own trimmed), over a quiet room's noise floor (-60 dBFS, seeded).
-
-    Not ``speak()`` itself: its sox call dithers with random noise, and on synthetic
-    speech the model's answer moves with such a 1-bit change ("What is the capital of
-    Australia?" 0.63-0.96 over 8 calls, over this noise floor), so the clip must be the
-    same on every run: sox -D, a seeded floor. The floor because no microphone sends
-    espeak's digital zeros.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "speech.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text],
-            check=True,
-            capture_output=True,
-        )
-        raw = ["-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", "-L", "-t", "raw"]
-        pcm = subprocess.run(["sox", "-D", str(wav), *raw, "-"], check=True, capture_output=True)
-    samples = np.frombuffer(pcm.stdout, dtype="<i2").astype(np.float64)
-    voiced = np.nonzero(np.abs(samples) > 500)[0]
-    speech = samples[voiced[0] : voiced[-1] + 1]
-    clip = np.concatenate([np.zeros(16 * 300), speech, np.zeros(16 * 200)])
-    clip += np.random.default_rng(0).normal(0.0, 32768 * 10 ** (-60 / 20), clip.size)
-    return np.clip(np.round(clip), -32768, 32767).astype("<i2").tobytes()
 
 
 # --- the model file and its input ------------------------------------------------------

@@ -226,9 +226,10 @@ async def test_the_prompt_holds_the_user_memories_with_their_dates_from_the_memo
     ctx.answers[("memory", "recall")] = recall
     await ctx.handle(LlmRequest("s1", "t1", "What is my sister called?"))
     assert asked == [{"user": "ann", "text": "What is my sister called?", "limit": 2}]
-    system = backend.prompts[0][0]["content"]
-    assert system.startswith("Be brief.") and "my sister is called Ada" in system
-    assert "2025-12-01" in system
+    first, remembered = backend.prompts[0][0], backend.prompts[0][1]
+    assert first == {"role": "system", "content": "Be brief."}  # the same every turn: cached
+    assert remembered["role"] == "system" and "my sister is called Ada" in remembered["content"]
+    assert "2025-12-01" in remembered["content"]
 
 
 async def test_without_an_answer_from_the_memory_kind_the_turn_is_answered_without_memories() -> (

@@ -119,3 +119,21 @@ def test_speech_after_a_speculated_pause_resumes_and_the_next_pause_speculates_a
 
 def test_speculation_off_by_default() -> None:
     assert not any(isinstance(e, Paused | Resumed) for e in run([0.9] * 10 + [0.0] * 20))
+
+
+def test_pause_ms_counts_silence_inside_speech_and_end_now_cuts_there() -> None:
+    seg = Segmenter(SPEC_CFG)
+    for i, p in enumerate([0.9] * 10 + [0.0] * 3):
+        seg.step(i * WINDOW, p)
+    assert seg.pause_ms == 3 * WINDOW * 1000 / 16000
+    ended = seg.end_now()
+    assert ended.speech_end == 10 * WINDOW and ended.decided_at == 13 * WINDOW
+    assert seg.idle and seg.pause_ms == 0.0
+
+
+def test_pause_ms_is_zero_while_speaking_or_idle() -> None:
+    seg = Segmenter(SPEC_CFG)
+    assert seg.pause_ms == 0.0
+    for i in range(10):
+        seg.step(i * WINDOW, 0.9)
+    assert seg.pause_ms == 0.0
