@@ -238,10 +238,12 @@ def compare(before: Rows, now: Rows, commit: str) -> None:
         )
 
 
-async def run(turns: int, before: str, rounds: int, ab: bool) -> None:
+async def run(
+    turns: int, before: str, rounds: int, ab: bool, configs: tuple[str, ...] = ()
+) -> None:
     print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}")
     if ab:
-        await run_ab(turns, rounds)
+        await run_ab(turns, rounds, configs)
         return
     if not before:
         report(await run_tree(ROOT, turns))
@@ -349,7 +351,7 @@ PAUSED = [
 GAP_MS = 350
 LEAD_MS = 300
 """Silence before each utterance, ms."""
-TAIL_MS = 1500
+TAIL_MS = 2000
 """Silence after each utterance, ms: past every configuration's end-of-turn silence."""
 END_SLACK_MS = 700
 """A turn ended at most this long before the utterance's last voiced sample is the
@@ -564,7 +566,7 @@ def report_latency(stats: dict[str, AbStats]) -> None:
         f"{'config':<8} {'spec':>5} {'silence':>7} {'n':>3} {'fail':>4} {'p50 ms':>7} "
         f"{'p95 ms':>7} {'p50/' + BASELINE:>12} {'p95/' + BASELINE:>12} {'compute p50/p95':>16}"
     )
-    for config in CONFIGS:
+    for config in (c for c in CONFIGS if c.name in stats):
         s = stats[config.name]
         totals = [h.total_ms for h in s.heard]
         compute = [h.compute_ms for h in s.heard if h.compute_ms is not None]
@@ -588,7 +590,7 @@ def report_cost(stats: dict[str, AbStats]) -> None:
         f"{'config':<8} {'false cuts: paused':>18} {'all':>10} {'abandoned':>9} "
         f"{'wasted msgs stt/llm/tts':>23} {'wasted s/msgs':>13} {'used s/msgs':>11}"
     )
-    for config in CONFIGS:
+    for config in (c for c in CONFIGS if c.name in stats):
         s = stats[config.name]
         paused = [h for h in s.heard if h.spoken.paused]
         w = s.wasted
@@ -599,14 +601,16 @@ def report_cost(stats: dict[str, AbStats]) -> None:
         )
 
 
-async def run_ab(turns: int, rounds: int) -> None:
-    """Every configuration in each round, in a rotated order, so drift hits all alike."""
+async def run_ab(turns: int, rounds: int, names: tuple[str, ...] = ()) -> None:
+    """Every configuration (those ``names``, off-300 always) in each round, in a rotated
+    order, so drift hits all alike."""
     spoken = await asyncio.to_thread(utterances, turns)
     warmup = Spoken(QUESTIONS[-1], trim(speak(QUESTIONS[-1])), paused=False)
-    stats = {c.name: AbStats() for c in CONFIGS}
+    chosen = [c for c in CONFIGS if not names or c.name in names or c.name == BASELINE]
+    stats = {c.name: AbStats() for c in chosen}
     for r in range(rounds):
-        shift = r % len(CONFIGS)
-        for config in CONFIGS[shift:] + CONFIGS[:shift]:
+        shift = r % len(chosen)
+        for config in chosen[shift:] + chosen[:shift]:
             print(f"round {r + 1}/{rounds}: {config.name}", flush=True)
             stats[config.name].merge(await run_config(config, spoken, warmup))
     print(f"utterances per configuration and round: {len(spoken)} ({turns} paused)")
@@ -627,10 +631,14 @@ def main() -> None:
     p.add_argument(
         "--ab", action="store_true", help="speculative turns on/off at 300/500 ms silence"
     )
+    p.add_argument(
+        "--configs", default="", help="with --ab: only these (comma-separated; off-300 always)"
+    )
     args = p.parse_args()
     if args.ab and args.before:
         p.error("--ab and --before do not go together")
-    asyncio.run(run(args.turns, args.before, args.rounds, args.ab))
+    configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
+    asyncio.run(run(args.turns, args.before, args.rounds, args.ab, configs))
 
 
 if __name__ == "__main__":

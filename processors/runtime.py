@@ -66,6 +66,9 @@ DRAIN_S = 30.0
 FETCH_ERRORS = (TimeoutError, NatsError)
 """What a pull may raise while idle or reconnecting: ask again."""
 PULL_ERRORS = LogLimit(log, every_s=60.0)
+SPECULATION_GRACE_S = 0.02
+"""How long an idle worker leaves its confirmed consumers first before pulling
+speculative work, seconds."""
 
 
 def backoff(delivered: int) -> float:
@@ -239,6 +242,9 @@ class Worker:
         try:
             while not stop.is_set():
                 await self.idle.wait()
+                await asyncio.sleep(SPECULATION_GRACE_S)  # confirmed work waiting goes first
+                if not self.idle.is_set():
+                    continue
                 try:
                     msgs = await sub.fetch(1, timeout=1.0)
                 except FETCH_ERRORS:

@@ -29,8 +29,9 @@ QUESTIONS = [
 """Short questions with short answers, spoken by ``speak`` in system tests and benchmarks."""
 
 
-def speak(text: str, rate: int = 16000) -> bytes:
-    """``text`` spoken by espeak-ng (en-us, 150 wpm) as s16le mono PCM at ``rate``."""
+def speak(text: str, rate: int = 16000, *, dither: bool = True) -> bytes:
+    """``text`` spoken by espeak-ng (en-us, 150 wpm) as s16le mono PCM at ``rate``; sox
+    dithers the conversion with random noise unless ``dither`` is False."""
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
         subprocess.run(
@@ -39,7 +40,8 @@ def speak(text: str, rate: int = 16000) -> bytes:
             capture_output=True,
         )
         raw = ["-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-L", "-t", "raw"]
-        out = subprocess.run(["sox", str(wav), *raw, "-"], check=True, capture_output=True)
+        flags = [] if dither else ["-D"]
+        out = subprocess.run(["sox", *flags, str(wav), *raw, "-"], check=True, capture_output=True)
     return out.stdout
 
 
@@ -86,16 +88,7 @@ def steady_turn(text: str) -> bytes:
     same on every run: sox -D, a seeded floor. The floor because no microphone sends
     espeak's digital zeros.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "speech.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text],
-            check=True,
-            capture_output=True,
-        )
-        raw = ["-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", "-L", "-t", "raw"]
-        pcm = subprocess.run(["sox", "-D", str(wav), *raw, "-"], check=True, capture_output=True)
-    samples = np.frombuffer(pcm.stdout, dtype="<i2").astype(np.float64)
+    samples = np.frombuffer(speak(text, dither=False), dtype="<i2").astype(np.float64)
     voiced = np.nonzero(np.abs(samples) > 500)[0]
     speech = samples[voiced[0] : voiced[-1] + 1]
     clip = np.concatenate([np.zeros(16 * 300), speech, np.zeros(16 * 200)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -10,7 +11,16 @@ from nats.js import JetStreamContext
 
 from processors.context import Context
 from processors.spec import SessionClaims, Spec, WorkQueue
-from schemas import ErrorEvent, Message, SessionClaim, Subjects, Unavailable, Utterance
+from schemas import (
+    Abandon,
+    ErrorEvent,
+    Message,
+    SessionClaim,
+    Subjects,
+    Unavailable,
+    Utterance,
+)
+from schemas.codec import SPECULATIVE_HEADER, WORKER_HEADER
 from streams import bus, definitions
 from streams.settings import Settings
 from tests.integration.bus_helpers import stored, until
@@ -92,3 +102,40 @@ async def test_work_is_given_up_after_max_deliver_with_an_error_event(
         assert (flaky.calls, worker.handled) == (2, 0)
     [error] = await stored(js, definitions.EVENTS, S.events("w1", "error"))
     assert isinstance(error, ErrorEvent) and error.retryable and error.turn == "t1"
+
+
+async def test_a_worker_takes_confirmed_work_before_speculative_work_waiting_beside_it(
+    settings: Settings, js: JetStreamContext, nc: Any
+) -> None:
+    """Priority, not first come: the speculative turn's work was published before the
+    second confirmed one, yet waits until the worker has no confirmed work in hand."""
+    order: list[str] = []
+
+    async def slow(msg: Message, ctx: Context) -> None:
+        assert isinstance(msg, Utterance)
+        order.append(msg.turn)
+        await asyncio.sleep(0.3)
+
+    kind = Spec(
+        kind="ordered",
+        input=WorkQueue(),
+        accepts=(Utterance,),
+        publishes=(),
+        load=nothing,
+        handle=slow,
+    )
+    await definitions.apply(js, settings, [c for _, c in kind.consumers(settings)])
+    work = S.work("ordered")
+    marked = {SPECULATIVE_HEADER: "p7", WORKER_HEADER: "vad@test:1"}
+    for turn, subject, headers in (
+        ("confirmed-1", work, None),
+        ("speculative", S.speculative(work), marked),
+        ("confirmed-2", work, None),
+    ):
+        utt = Utterance("s1", turn, 16000, 1, 1, 0, b"")
+        await bus.publish(js, subject, utt, msg_id=turn, headers=headers)
+    async with running(kind, settings):
+        await until(lambda: len(order) == 3, timeout=20)
+        # the speculation is settled (here: abandoned), so the worker may stop at once
+        await bus.publish_core(nc, S.control("s1"), Abandon("s1", "speculative", "p7"))
+    assert order == ["confirmed-1", "confirmed-2", "speculative"]
