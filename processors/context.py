@@ -20,14 +20,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from processors.speculation import Hold, Speculations
+from processors.speculation import Hold, Speculations, remember
 from schemas import AudioChunk, Cancel, Message, MorganError, SessionEnd, Subjects
 from schemas.codec import SPECULATIVE_HEADER, USER_HEADER, WORKER_HEADER
 from streams import bus, definitions
 from streams.routes import Routes
 from streams.settings import Settings
-
-_REMEMBERED = 4096
 
 
 class KvStore(Protocol):
@@ -136,16 +134,9 @@ class Signals:
         if self.speculations is not None:
             self.speculations.note(msg)
         if isinstance(msg, Cancel):
-            _remember(self.cancelled, (msg.sid, msg.turn))
+            remember(self.cancelled, (msg.sid, msg.turn))
         elif isinstance(msg, SessionEnd):
-            _remember(self.ended, msg.sid)
-
-
-def _remember(d: OrderedDict[Any, None], key: Any) -> None:
-    d[key] = None
-    d.move_to_end(key)
-    while len(d) > _REMEMBERED:
-        d.popitem(last=False)
+            remember(self.ended, msg.sid)
 
 
 @dataclass(frozen=True)
@@ -235,6 +226,12 @@ class BusContext:
         if self.hold is None or self.signals.speculations is None:
             return True
         return await self.signals.speculations.settle(self.hold)
+
+    async def flushed(self) -> None:
+        """Wait until what the hold keeps is published or dropped (at once without one);
+        raises what publishing it raised."""
+        if self.hold is not None and self.signals.speculations is not None:
+            await self.signals.speculations.finish(self.hold)
 
     def speculative(self, attempt: str) -> BusContext:
         carried = self.carried | {SPECULATIVE_HEADER: attempt}

@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,34 @@ PULL_ERRORS = LogLimit(log, every_s=60.0)
 SPECULATION_GRACE_S = 0.02
 """How long an idle worker leaves its confirmed consumers first before pulling
 speculative work, seconds."""
+
+
+@contextlib.asynccontextmanager
+async def _bound(
+    js: JetStreamContext, consumer: Consumer
+) -> AsyncIterator[JetStreamContext.PullSubscription]:
+    """A pull subscription on ``consumer``, unsubscribed after."""
+    sub = await js.pull_subscribe_bind(consumer.durable, stream=consumer.stream)
+    try:
+        yield sub
+    finally:
+        # fetch() never marks its queue done, so nc.drain() would wait out its timeout.
+        with contextlib.suppress(NatsError, TimeoutError):
+            await sub.unsubscribe()
+
+
+async def _fetch(sub: JetStreamContext.PullSubscription, durable: str) -> Msg | None:
+    """The next message, or None: nothing waiting, reconnecting, or a bug (said,
+    rate-limited, after which the caller asks again)."""
+    try:
+        msgs = await sub.fetch(1, timeout=1.0)
+    except FETCH_ERRORS:  # nothing waiting, or reconnecting: just ask again
+        return None
+    except Exception:  # a bug: said (rate-limited), and the loop goes on
+        PULL_ERRORS.exception(durable, "pulling %s failed", durable)
+        await asyncio.sleep(1.0)
+        return None
+    return msgs[0]
 
 
 def backoff(delivered: int) -> float:
@@ -203,30 +232,16 @@ class Worker:
         slots: asyncio.Semaphore,
         stop: asyncio.Event,
     ) -> None:
-        sub = await js.pull_subscribe_bind(consumer.durable, stream=consumer.stream)
-        try:
+        async with _bound(js, consumer) as sub:
             while not stop.is_set():
                 await slots.acquire()
-                try:
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except FETCH_ERRORS:  # nothing waiting, or reconnecting: just ask again
+                raw = await _fetch(sub, consumer.durable)
+                if raw is None:
                     slots.release()
                     if nc.is_closed:  # fetch then fails at once, without yielding: do not spin
                         return
                     continue
-                except Exception:  # a bug: said (rate-limited), and the loop goes on
-                    slots.release()
-                    PULL_ERRORS.exception(consumer.durable, "pulling %s failed", consumer.durable)
-                    await asyncio.sleep(1.0)
-                    continue
-                task = asyncio.create_task(self._handle(nc, js, msgs[0], tier))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
-                task.add_done_callback(lambda _: slots.release())
-        finally:
-            # fetch() never marks its queue done, so nc.drain() would wait out its timeout.
-            with contextlib.suppress(NatsError, TimeoutError):
-                await sub.unsubscribe()
+                self._start(nc, js, raw, tier).add_done_callback(lambda _: slots.release())
 
     async def _pull_speculative(
         self,
@@ -238,26 +253,27 @@ class Worker:
     ) -> None:
         """Speculative turns' work, one message at a time, only while no confirmed work is
         in hand: a busy worker leaves it to idle ones (its slots are not used)."""
-        sub = await js.pull_subscribe_bind(consumer.durable, stream=consumer.stream)
-        try:
+        async with _bound(js, consumer) as sub:
             while not stop.is_set():
                 await self.idle.wait()
                 await asyncio.sleep(SPECULATION_GRACE_S)  # confirmed work waiting goes first
                 if not self.idle.is_set():
                     continue
-                try:
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except FETCH_ERRORS:
+                raw = await _fetch(sub, consumer.durable)
+                if raw is None:
                     if nc.is_closed:
                         return
                     continue
-                task = asyncio.create_task(self._handle(nc, js, msgs[0], tier))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
-                await asyncio.wait([task])
-        finally:
-            with contextlib.suppress(NatsError, TimeoutError):
-                await sub.unsubscribe()
+                await asyncio.wait([self._start(nc, js, raw, tier)])
+
+    def _start(
+        self, nc: Client, js: JetStreamContext, raw: Msg, tier: str | None
+    ) -> asyncio.Task[None]:
+        """Handle ``raw`` in a task of its own, counted in ``in_flight`` until it ends."""
+        task = asyncio.create_task(self._handle(nc, js, raw, tier))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+        return task
 
     async def _release(self, nc: Client, msg: Release) -> None:
         """Tell every worker this one let a speculative turn's output out."""
@@ -287,7 +303,7 @@ class Worker:
             key = (headers.get(SESSION_HEADER, ""), headers.get(TURN_HEADER, ""), attempt)
             upstream = headers.get(WORKER_HEADER, "").partition("@")[0]
             hold = self.signals.speculations.hold(key, upstream)
-        return BusContext(
+        ctx = BusContext(
             kind=self.spec.kind,
             publishes=self.spec.publishes,
             settings=self.settings,
@@ -298,16 +314,16 @@ class Worker:
             signals=self.signals,
             onward=onward,
             raw=raw,
-            carried=self._carried(raw) | ({SPECULATIVE_HEADER: attempt} if hold else {}),
+            carried=self._carried(raw),
             live=lambda: self.settings,
             hold=hold,
-            speculating=attempt if hold is not None else "",
         )
+        return ctx if hold is None else ctx.speculative(attempt)  # its onward work is marked
 
     def _carried(self, raw: Msg) -> dict[str, str]:
-        headers = raw.headers or {}
+        user = (raw.headers or {}).get(USER_HEADER)
         worker = {WORKER_HEADER: f"{self.spec.kind}@{platform.node()}:{os.getpid()}"}
-        return worker | {h: headers[h] for h in (USER_HEADER,) if h in headers}
+        return worker | ({USER_HEADER: user} if user else {})
 
     async def _handle(self, nc: Client, js: JetStreamContext, raw: Msg, tier: str | None) -> None:
         kind = self.spec.kind
@@ -343,8 +359,7 @@ class Worker:
                 else:
                     assert self.spec.handle is not None
                     await self.spec.handle(message, ctx)
-                    if ctx.hold is not None and self.signals.speculations is not None:
-                        await self.signals.speculations.finish(ctx.hold)
+                    await ctx.flushed()
         except MorganError as error:
             outcome = await self._fail(ctx, raw, error, delivered)
         except Exception as exc:  # a bug in a handler: logged with its traceback, retried
@@ -415,8 +430,7 @@ class Worker:
                 await ctx.to_client(
                     lambda: bus.publish(ctx.js, subject, event, msg_id=msg_id, headers=ctx.trace)
                 )
-                if ctx.hold is not None and self.signals.speculations is not None:
-                    await self.signals.speculations.finish(ctx.hold)
+                await ctx.flushed()
             except (NatsError, TimeoutError) as exc:
                 log.warning("%s: could not tell session %s: %r", kind, sid, exc)
         return "failed"

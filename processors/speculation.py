@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from schemas import Abandon, Message, Release
 
@@ -43,7 +43,8 @@ HOLD_MAX_S = 30.0
 died and its successor cut the turn differently)."""
 CHECK_EVERY_S = 0.5
 """How often an unsettled hold whose handler has finished looks again, seconds."""
-_REMEMBERED = 4096
+REMEMBERED = 4096
+"""Control messages of each sort a worker remembers."""
 
 
 @dataclass(eq=False)
@@ -96,10 +97,12 @@ class Hold:
             self.settled.set()
 
 
-def _remember(d: OrderedDict[object, str], key: object, value: str = "") -> None:
+def remember(d: OrderedDict[Any, Any], key: Any, value: Any = None) -> None:
+    """Note ``key`` (with ``value``) as the newest in ``d``, which keeps the last
+    ``REMEMBERED``: what a worker remembers of control messages."""
     d[key] = value
     d.move_to_end(key)
-    while len(d) > _REMEMBERED:
+    while len(d) > REMEMBERED:
         d.popitem(last=False)
 
 
@@ -113,18 +116,18 @@ class Speculations:
         self.release = release
         self.lookup = lookup
         self.holds: dict[Key, set[Hold]] = {}
-        self.released: OrderedDict[object, str] = OrderedDict()
+        self.released: OrderedDict[object, None] = OrderedDict()
         """(sid, turn, attempt, kind) of every Release seen."""
         self.confirmed: OrderedDict[object, str] = OrderedDict()
         """(sid, turn) -> the attempt confirmed."""
-        self.abandoned: OrderedDict[object, str] = OrderedDict()
+        self.abandoned: OrderedDict[object, None] = OrderedDict()
 
     def note(self, msg: Message) -> None:
         """A control message: settle the holds it concerns."""
         if isinstance(msg, Release):
             key = (msg.sid, msg.turn, msg.attempt)
-            _remember(self.released, (*key, msg.kind))
-            _remember(self.confirmed, (msg.sid, msg.turn), msg.attempt)
+            remember(self.released, (*key, msg.kind))
+            remember(self.confirmed, (msg.sid, msg.turn), msg.attempt)
             for other, holds in list(self.holds.items()):
                 if other[:2] == key[:2]:
                     for hold in holds:
@@ -134,7 +137,7 @@ class Speculations:
                             hold.open()
         elif isinstance(msg, Abandon):
             key = (msg.sid, msg.turn, msg.attempt)
-            _remember(self.abandoned, key)
+            remember(self.abandoned, key)
             for hold in self.holds.get(key, ()):
                 hold.drop()
 

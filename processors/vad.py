@@ -188,10 +188,9 @@ class VadSession:
 
     async def _judge_pause(self) -> Ended | None:
         """With the end-of-turn model on: in a pause, end the turn if it sounds finished."""
-        pause_ms = self.seg.pause_ms if self.seg is not None else 0.0
-        if self.turn_end is None or self.seg is None or not pause_ms:
+        if self.turn_end is None or self.seg is None or not self.seg.pause_ms:
             return None
-        policy, upto = self.turn_end, self.seg.stepped
+        policy, upto, pause_ms = self.turn_end, self.seg.stepped, self.seg.pause_ms
 
         def heard() -> bytes:
             """The audio up to the window judged (a batch of frames may reach past it);
